@@ -1,0 +1,58 @@
+"""imgcls: image-classification research toolkit (CLI `imgcls`, Python API here)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+__version__ = "0.1.0"
+
+
+def components() -> dict[str, list[str]]:
+    """Registered component names per kind: backbone, attn, head, loss, sampler, method, ..."""
+    from .config import load_components
+    from .registry import ALL
+
+    load_components()
+    out = {kind: reg.names() for kind, reg in ALL.items()}
+    out["attn"] = ["none", *out["attn"]]
+    return out
+
+
+def build_model(backbone: str, num_classes: int, attn: str | None = None, **kw: Any):
+    from .models.build import build_model as _build
+
+    return _build(backbone, num_classes, attn=attn, **kw)
+
+
+def build_loss(name: str, num_classes: int, **kw: Any):
+    from .losses import build_loss as _build
+
+    return _build(name, num_classes, **kw)
+
+
+def load_checkpoint(path: str, device: str = "cpu"):
+    from .engine.checkpoint import load_checkpoint as _load
+
+    return _load(path, device)
+
+
+def train(config: Any = None, **overrides: Any):
+    """Train from a Config (or YAML path) with dotted overrides: train(**{"model.backbone": "resnet20"})."""
+    from .config import Config, build_config
+    from .engine.trainer import train as _train
+
+    if isinstance(config, Config):
+        cfg = config.replace(**overrides) if overrides else config
+    else:
+        cfg = build_config(config, overrides)
+    return _train(cfg)
+
+
+def cam(model: Any, images: Any, method: str = "gradcam", target: Any = None, layer: str | None = None):
+    """Activation maps (B, H, W) in [0, 1] for normalised images (B, 3, H, W)."""
+    from .viz.cam import cam as _cam
+
+    return _cam(model, images, method=method, target=target, layer=layer)
+
+
+__all__ = ["__version__", "build_loss", "build_model", "cam", "components", "load_checkpoint", "train"]

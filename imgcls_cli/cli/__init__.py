@@ -1,0 +1,1 @@
+"""Typer command line: a thin layer over the Python API."""

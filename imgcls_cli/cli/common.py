@@ -1,0 +1,44 @@
+"""Shared CLI plumbing: one-line errors with exit status 2, the console."""
+
+from __future__ import annotations
+
+import functools
+import sys
+from collections.abc import Callable
+from typing import Any
+
+import typer
+from rich.console import Console
+
+from ..errors import ImgclsError
+
+console = Console(stderr=True)
+out = Console()
+
+
+def fail(message: str, code: int = 2) -> None:
+    console.print(f"[bold red]error:[/bold red] {message}", highlight=False, soft_wrap=True)
+    raise typer.Exit(code)
+
+
+def handle_errors(fn: Callable[..., Any]) -> Callable[..., Any]:
+    """Turn user errors into one line on stderr and exit status 2 (never a traceback)."""
+
+    @functools.wraps(fn)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        try:
+            return fn(*args, **kwargs)
+        except ImgclsError as e:
+            fail(str(e), getattr(e, "exit_code", 2))
+        except KeyboardInterrupt:
+            console.print("interrupted")
+            raise typer.Exit(130) from None
+        except BrokenPipeError:
+            sys.exit(0)
+
+    return wrapper
+
+
+def overrides_from(mapping: dict[str, str], values: dict[str, Any]) -> dict[str, Any]:
+    """CLI option values (None = not given) -> dotted config overrides."""
+    return {mapping[k]: v for k, v in values.items() if k in mapping and v is not None}

@@ -1,0 +1,81 @@
+"""`imgcls eval CKPT`: top-1/top-5, per-class accuracy, confusion matrix (CSV + PNG), JSON."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import typer
+from rich.table import Table
+
+from .common import console, handle_errors, out
+
+
+def eval_command(
+    checkpoint: Path = typer.Argument(..., help="Checkpoint (.pt) or run directory (uses best.pt)."),
+    data: str = typer.Option(None, help="Data to evaluate on [default: the checkpoint's]."),
+    split: str = typer.Option(None, help="Split folder: val|test [default: the checkpoint's]."),
+    json_path: Path = typer.Option(None, "--json", help="Write the metrics as JSON here."),
+    out_dir: Path = typer.Option(None, "--out", help="Folder for confusion.csv/png [default: next to the checkpoint]."),
+    batch_size: int = typer.Option(None, help="Evaluation batch size."),
+    workers: int = typer.Option(None, help="DataLoader workers."),
+    device: str = typer.Option("auto", help="auto|cpu|cuda."),
+    tau_norm: str = typer.Option(None, "--tau-norm", help="tau-normalise the classifier: TAU or auto (picked on val)."),
+    classifier: str = typer.Option("default", "--classifier", help="default|ncm (nearest class mean)."),
+) -> None:
+    """Evaluate a checkpoint: top-1, top-5, per-class accuracy and the confusion matrix."""
+    from ..engine.eval_api import evaluate_checkpoint
+    from ..errors import ImgclsError
+    from ..viz.plots import confusion_csv, confusion_png, per_class_vs_frequency_png
+
+    if checkpoint.is_dir():
+        checkpoint = checkpoint / "best.pt"
+    transform, extra = None, {}
+    if tau_norm is not None or classifier != "default":
+        try:
+            from ..methods.decoupling import eval_variant
+        except ModuleNotFoundError:
+            raise ImgclsError("--tau-norm/--classifier: decoupling methods are not installed in this build") from None
+        transform, extra = eval_variant(checkpoint, tau_norm, classifier, data=data, split=split, device=device,
+                                        console=console)
+    res = evaluate_checkpoint(checkpoint, data, split, batch_size, workers, device, logits_transform=transform)
+    s = res.summary
+    s.update(extra)
+    names = res.ckpt.class_names
+    table = Table(title=f"{checkpoint} on {s['data']} [{s['split']}] ({s['n']} images)")
+    for col in ("top-1", "top-5", "mean class acc"):
+        table.add_column(col, justify="right")
+    row = [f"{s['top1']:.2f}%", f"{s['top5']:.2f}%", f"{s['mean_class_acc']:.2f}%"]
+    if res.ckpt.class_counts is not None:
+        for k in ("many", "medium", "few"):
+            table.add_column(k, justify="right")
+            row.append("-" if s.get(k) is None else f"{s[k]:.2f}%")
+    table.add_row(*row)
+    out.print(table)
+    if len(names) <= 40:
+        pc = Table(title="per-class accuracy")
+        pc.add_column("class")
+        pc.add_column("accuracy", justify="right")
+        if res.ckpt.class_counts is not None:
+            pc.add_column("train images", justify="right")
+        for i, n in enumerate(names):
+            extra_col = [str(res.ckpt.class_counts[i])] if res.ckpt.class_counts is not None else []
+            pc.add_row(n, f"{s['per_class'][n]:.2f}%", *extra_col)
+        out.print(pc)
+    folder = out_dir or checkpoint.parent / f"eval_{s['split']}"
+    folder.mkdir(parents=True, exist_ok=True)
+    confusion_csv(res.result.confusion, names, folder / "confusion.csv")
+    confusion_png(res.result.confusion, names, folder / "confusion.png")
+    if res.ckpt.class_counts is not None:
+        per_class_vs_frequency_png(res.result.per_class, res.ckpt.class_counts, names, folder / "per_class_vs_frequency.png")
+    s["confusion_csv"] = str(folder / "confusion.csv")
+    if json_path is not None:
+        json_path.parent.mkdir(parents=True, exist_ok=True)
+        json_path.write_text(json.dumps(s, indent=2))
+    for line in s.get("skipped", []):
+        console.print(f"[yellow]skipped unreadable image[/yellow] {line}")
+    console.print(f"confusion matrix: {folder / 'confusion.csv'} and .png" + (f"; metrics: {json_path}" if json_path else ""))
+
+
+def register(app: typer.Typer) -> None:
+    app.command("eval")(handle_errors(eval_command))

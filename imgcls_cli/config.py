@@ -1,0 +1,287 @@
+"""The one configuration tree: frozen Pydantic v2 models with `extra="forbid"`.
+
+A run is fully described by a `Config`; `config.yaml` in the run directory is its resolved,
+validated form and `imgcls train --config RUN/config.yaml` reproduces the run.  Component names
+are checked against the registries; cross-component rules live in `model_validator`s with a
+one-line reason each.  `None` in a field marked "data-set default" is resolved when the data set
+is opened (see `engine.trainer.resolve_config`) and the resolved value is what gets saved.
+"""
+
+from __future__ import annotations
+
+import importlib
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from .errors import ImgclsError
+from .registry import ALL
+
+
+def load_components() -> None:
+    """Import every component module so that the registries are filled."""
+    importlib.import_module("imgcls_cli.components_all")
+
+
+def _check(kind: str, name: str | None) -> str | None:
+    if name is None:
+        return name
+    load_components()
+    reg = ALL[kind]
+    if name not in reg:
+        raise ValueError(reg.unknown_message(name))
+    return name
+
+
+class Frozen(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="forbid", validate_default=True)
+
+
+class DataConfig(Frozen):
+    path: str = Field("digits", description="image-folder root, HDF5 pack, or a built-in name (digits, cifar10, cifar100)")
+    img_size: int | None = Field(None, ge=8, le=2048, description="training/eval resolution; data-set default")
+    val_split: str | None = Field(None, description="val or test; the first that exists")
+    workers: int = Field(2, ge=0, le=256)
+    pin_memory: bool = True
+    cache_dir: str = Field("~/.cache/imgcls", description="download folder for named torchvision data sets")
+    imbalance_ratio: float | None = Field(None, ge=1.0, description="make a long-tailed training subset")
+    imbalance_profile: Literal["exp", "step"] = "exp"
+    sampler: str = "instance"
+    progressive_epochs: int | None = Field(None, ge=1, description="T of the progressive sampler; default: epochs")
+    max_train_per_class: int | None = Field(None, ge=1)
+    decoder: Literal["auto", "pil", "simplejpeg", "cv2"] = "auto"
+
+    @field_validator("sampler")
+    @classmethod
+    def _sampler(cls, v: str) -> str:
+        return _check("sampler", v)
+
+
+class AugConfig(Frozen):
+    crop_scale: tuple[float, float] | None = Field(None, description="random-resized-crop scale; data-set default")
+    crop_ratio: tuple[float, float] = (3 / 4, 4 / 3)
+    hflip: float | None = Field(None, ge=0.0, le=1.0, description="flip probability; data-set default")
+    color_jitter: float = Field(0.0, ge=0.0, le=1.0)
+    eval_crop_pct: float = Field(0.875, gt=0.0, le=1.0, description="resize to img_size/pct, centre crop img_size")
+    autoaugment: str | None = None
+    mixup: float = Field(0.0, ge=0.0, description="Mixup Beta(alpha, alpha); 0 = off")
+    cutmix: float = Field(0.0, ge=0.0, description="CutMix Beta(alpha, alpha); 0 = off")
+    mix_prob: float = Field(1.0, ge=0.0, le=1.0)
+    switch_prob: float = Field(0.5, ge=0.0, le=1.0, description="chance of CutMix when both are on")
+
+    @field_validator("autoaugment")
+    @classmethod
+    def _aa(cls, v: str | None) -> str | None:
+        return None if v in (None, "none") else _check("autoaugment", v)
+
+    @model_validator(mode="after")
+    def _ranges(self) -> AugConfig:
+        if self.crop_scale is not None and not (0 < self.crop_scale[0] <= self.crop_scale[1] <= 1):
+            raise ValueError("aug.crop_scale must satisfy 0 < min <= max <= 1")
+        return self
+
+
+class ModelConfig(Frozen):
+    backbone: str = "resnet18"
+    attn: str = "none"
+    head: str = "linear"
+    pretrained: bool = False
+    weights: str | None = Field(None, description="torchvision or imgcls state dict file")
+    feature_dim: int | None = Field(None, ge=1, description="embedding projection before the head (e.g. 2 to plot)")
+    drop_rate: float = Field(0.0, ge=0.0, lt=1.0)
+    zero_init_residual: bool = False
+    # attention options
+    reduction: int = Field(16, ge=1, description="SE/CBAM channel reduction ratio r")
+    nonlocal_blocks: Literal[1, 5] = 1
+    cbam_kernel: int = Field(7, ge=1, description="CBAM spatial-gate kernel size")
+    # bilinear / WS-DAN
+    bilinear_two_stream: bool = False
+    wsdan_maps: int = Field(32, ge=1)
+
+    @field_validator("backbone")
+    @classmethod
+    def _bb(cls, v: str) -> str:
+        return _check("backbone", v)
+
+    @field_validator("attn")
+    @classmethod
+    def _attn(cls, v: str) -> str:
+        return "none" if v in (None, "none") else _check("attn", v)
+
+    @field_validator("head")
+    @classmethod
+    def _head(cls, v: str) -> str:
+        return _check("head", v)
+
+    @field_validator("cbam_kernel")
+    @classmethod
+    def _odd(cls, v: int) -> int:
+        if v % 2 == 0:
+            raise ValueError("model.cbam_kernel must be odd")
+        return v
+
+
+class LossConfig(Frozen):
+    name: str = "ce"
+    label_smoothing: float = Field(0.0, ge=0.0, lt=1.0)
+    arcface_s: float = Field(64.0, gt=0.0)
+    arcface_m: float = Field(0.5, ge=0.0, lt=1.6)
+    easy_margin: bool = False
+    center_weight: float = Field(0.003, ge=0.0, description="lambda of center loss")
+    center_lr: float = Field(0.5, gt=0.0)
+    center_update: Literal["sgd", "paper"] = "sgd"
+    center_alpha: float = Field(0.5, gt=0.0, le=1.0, description="paper update rate alpha")
+    center_on: Literal["ce", "arcface"] = Field("ce", description="classification loss combined with center loss")
+
+    @field_validator("name")
+    @classmethod
+    def _loss(cls, v: str) -> str:
+        return _check("loss", v)
+
+
+class OptimConfig(Frozen):
+    name: Literal["sgd", "adamw"] = "sgd"
+    lr: float = Field(0.1, gt=0.0)
+    momentum: float = Field(0.9, ge=0.0, lt=1.0)
+    nesterov: bool = False
+    weight_decay: float = Field(5e-4, ge=0.0)
+    no_wd_bn_bias: bool = True
+    schedule: Literal["cosine", "multistep", "constant"] = "cosine"
+    warmup_epochs: float = Field(0.0, ge=0.0)
+    milestones: tuple[int, ...] = ()
+    gamma: float = Field(0.1, gt=0.0, le=1.0)
+    min_lr: float = Field(0.0, ge=0.0)
+    accum_steps: int = Field(1, ge=1)
+    ema: float | None = Field(None, gt=0.0, lt=1.0, description="EMA decay of the weights; None = off")
+    grad_clip: float | None = Field(None, gt=0.0)
+    fused: bool | None = Field(None, description="fused/foreach optimizer kernels; default: by device")
+
+
+class TrainConfig(Frozen):
+    method: str = "standard"
+    init_from: str | None = Field(None, description="stage-1 checkpoint for cRT/LWS")
+    epochs: int = Field(10, ge=1)
+    batch_size: int = Field(64, ge=1)
+    eval_batch_size: int | None = Field(None, ge=1)
+    device: str = Field("auto", description="auto, cpu, cuda, cuda:N, mps")
+    devices: int = Field(1, ge=1, description="processes on this node (torchrun)")
+    amp: bool = Field(True, description="bf16/fp16 autocast on CUDA")
+    amp_dtype: Literal["bf16", "fp16"] = "bf16"
+    channels_last: bool | None = Field(None, description="default: on for CUDA")
+    compile: bool = False
+    sync_bn: bool = False
+    seed: int = 0
+    deterministic: bool = False
+    out: str | None = None
+    runs_dir: str = "runs"
+    name: str | None = None
+    resume: str | None = Field(None, description="checkpoint or run directory, or 'auto'")
+    keep_checkpoints: int = Field(2, ge=1, description="epoch checkpoints kept besides last/best")
+    eval_every: int = Field(1, ge=1)
+    log_every: int = Field(10, ge=1)
+    max_bad_steps: int = Field(5, ge=1, description="stop after this many consecutive non-finite losses")
+    steps_per_epoch: int | None = Field(None, ge=1, description="cap on steps per epoch (quick runs)")
+    freeze_backbone_epochs: int = Field(0, ge=0, description="train the head only for this many epochs")
+    bbn_schedule: Literal["parabolic", "official"] = "parabolic"
+    wsdan_beta: float = Field(0.05, gt=0.0, le=1.0)
+    progress: bool = True
+    tensorboard: bool = True
+
+    @field_validator("method")
+    @classmethod
+    def _method(cls, v: str) -> str:
+        return _check("method", v)
+
+
+class Config(Frozen):
+    data: DataConfig = DataConfig()
+    aug: AugConfig = AugConfig()
+    model: ModelConfig = ModelConfig()
+    loss: LossConfig = LossConfig()
+    optim: OptimConfig = OptimConfig()
+    train: TrainConfig = TrainConfig()
+
+    @model_validator(mode="after")
+    def _combinations(self) -> Config:
+        mixing = self.aug.mixup > 0 or self.aug.cutmix > 0
+        if self.loss.name == "arcface" and self.model.head not in ("linear", "cosine"):
+            raise ValueError(f"--loss arcface needs a cosine head; --head {self.model.head} cannot give cosine logits")
+        if self.loss.name == "center" and self.loss.center_on == "arcface" and self.model.head not in ("linear", "cosine"):
+            raise ValueError("--loss center with ArcFace needs a cosine head")
+        if self.train.method in ("crt", "lws") and not self.train.init_from:
+            raise ValueError(f"--method {self.train.method} is a second stage: give the stage-1 checkpoint with --init-from")
+        if self.train.method == "bbn" and mixing:
+            raise ValueError("--method bbn mixes its own two samplers; Mixup/CutMix are not supported with it")
+        if self.train.method == "wsdan" and mixing:
+            raise ValueError("--method wsdan crops by attention per image; Mixup/CutMix are not supported with it")
+        if self.optim.schedule == "multistep" and not self.optim.milestones:
+            raise ValueError("optim.milestones: --schedule multistep needs at least one milestone epoch")
+        return self
+
+    # ---- helpers -------------------------------------------------------------------------
+    def to_dict(self) -> dict[str, Any]:
+        return self.model_dump(mode="json")
+
+    def to_yaml(self) -> str:
+        return yaml.safe_dump(self.to_dict(), sort_keys=False)
+
+    def replace(self, **dotted: Any) -> Config:
+        """Return a copy with dotted paths set, validated: cfg.replace(**{"model.attn": "se"})."""
+        d = self.to_dict()
+        for key, value in dotted.items():
+            _set_dotted(d, key, value)
+        return config_from_dict(d)
+
+
+def _set_dotted(d: dict[str, Any], key: str, value: Any) -> None:
+    parts = key.split(".")
+    node = d
+    for p in parts[:-1]:
+        node = node.setdefault(p, {})
+    node[parts[-1]] = value
+
+
+def format_validation_error(err: ValidationError, source: str = "config") -> str:
+    """One line: the field path and the reason of the first error (plus a count of the rest)."""
+    errs = err.errors()
+    first = errs[0]
+    loc = ".".join(str(p) for p in first["loc"]) or "config"
+    msg = first["msg"].removeprefix("Value error, ")
+    if first["type"] == "extra_forbidden":
+        msg = "unknown key"
+    more = f" (and {len(errs) - 1} more)" if len(errs) > 1 else ""
+    return f"{source}: {loc}: {msg}{more}"
+
+
+def config_from_dict(d: dict[str, Any], source: str = "config") -> Config:
+    try:
+        return Config.model_validate(d)
+    except ValidationError as e:
+        raise ImgclsError(format_validation_error(e, source)) from None
+
+
+def load_config(path: str | Path, overrides: dict[str, Any] | None = None) -> Config:
+    """Load a YAML config file; `overrides` maps dotted paths to values (the CLI options)."""
+    p = Path(path)
+    if not p.is_file():
+        raise ImgclsError(f"--config: file not found: {p}")
+    try:
+        d = yaml.safe_load(p.read_text()) or {}
+    except yaml.YAMLError as e:
+        raise ImgclsError(f"--config {p}: not valid YAML ({str(e).splitlines()[0]})") from None
+    if not isinstance(d, dict):
+        raise ImgclsError(f"--config {p}: expected a mapping of sections (data, model, ...)")
+    for key, value in (overrides or {}).items():
+        _set_dotted(d, key, value)
+    return config_from_dict(d, source=str(p))
+
+
+def build_config(config_file: str | Path | None = None, overrides: dict[str, Any] | None = None) -> Config:
+    if config_file is not None:
+        return load_config(config_file, overrides)
+    d: dict[str, Any] = {}
+    for key, value in (overrides or {}).items():
+        _set_dotted(d, key, value)
+    return config_from_dict(d, source="options")

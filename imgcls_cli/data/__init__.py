@@ -1,0 +1,1 @@
+"""Data sets, albumentations pipelines, samplers, device-side normalisation and mixing."""

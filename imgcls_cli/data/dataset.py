@@ -1,0 +1,58 @@
+"""The map-style Dataset fed to the DataLoader, and its collate function.
+
+A sampler item is either an index or (index, epoch).  With (index, epoch) the augmentation of
+that sample is seeded by (seed, epoch, index), so it does not depend on the number of workers,
+their order, or whether the run was resumed.  A file that cannot be decoded is dropped from its
+batch and reported with its reason (never replaced by another sample, whose label would differ).
+"""
+
+from __future__ import annotations
+
+import random
+from typing import Any
+
+import numpy as np
+import torch
+from torch.utils.data import Dataset
+
+from .decode import BadImage
+from .sources import Source
+
+
+class ImageDataset(Dataset):
+    def __init__(self, source: Source, transform: Any | None, seed: int = 0):
+        self.source, self.transform, self.seed = source, transform, seed
+
+    def __len__(self) -> int:
+        return len(self.source)
+
+    def _seed_transform(self, index: int, epoch: int) -> None:
+        s = np.random.SeedSequence([self.seed, epoch, index]).generate_state(1)[0]
+        self.transform.set_random_state(np.random.default_rng(s), random.Random(int(s)))
+
+    def __getitem__(self, item: int | tuple[int, int]) -> tuple[torch.Tensor | None, int, int, str | None]:
+        index, epoch = (item if isinstance(item, tuple) else (item, 0))
+        index = int(index)
+        label = int(self.source.labels[index])
+        try:
+            img = self.source.load(index)  # (H, W, 3) uint8
+        except BadImage as e:
+            return None, label, index, f"{self.source.describe(index)}: {e}"
+        if self.transform is not None:
+            self._seed_transform(index, epoch)
+            img = self.transform(image=img)["image"]
+        t = torch.from_numpy(np.ascontiguousarray(img)).permute(2, 0, 1)  # (3, H, W) uint8
+        return t, label, index, None
+
+
+def collate(items: list[tuple[torch.Tensor | None, int, int, str | None]]) -> dict[str, Any]:
+    good = [it for it in items if it[0] is not None]
+    bad = [(it[2], it[3]) for it in items if it[0] is None]
+    if not good:
+        return {"images": None, "targets": None, "indices": None, "bad": bad}
+    return {
+        "images": torch.stack([it[0] for it in good]),  # (B, 3, H, W) uint8
+        "targets": torch.tensor([it[1] for it in good], dtype=torch.long),  # (B,)
+        "indices": torch.tensor([it[2] for it in good], dtype=torch.long),  # (B,)
+        "bad": bad,
+    }

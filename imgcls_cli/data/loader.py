@@ -1,0 +1,47 @@
+"""DataLoaders with uint8 batches, and normalisation on the device.
+
+Batches stay uint8 (B, 3, H, W) through collation, pinning and the host-to-device copy (4x fewer
+bytes than float32); `DeviceNormalizer` turns them into normalised float tensors on the device.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+from torch.utils.data import DataLoader, Sampler
+
+from .dataset import ImageDataset, collate
+
+
+def _worker_init(worker_id: int) -> None:
+    # Each worker gets a distinct, seed-derived torch seed; sample-level augmentation is seeded
+    # per (seed, epoch, index) in ImageDataset, so nothing depends on worker scheduling.
+    info = torch.utils.data.get_worker_info()
+    torch.manual_seed(info.seed % 2**63)
+
+
+def make_loader(dataset: ImageDataset, sampler: Sampler | None, batch_size: int, workers: int,
+                pin_memory: bool, drop_last: bool = False, seed: int = 0) -> DataLoader:
+    kw: dict[str, Any] = {}
+    if workers > 0:
+        kw.update(persistent_workers=False, prefetch_factor=4, worker_init_fn=_worker_init)
+    return DataLoader(dataset, batch_size=batch_size, sampler=sampler, shuffle=False, num_workers=workers,
+                      pin_memory=pin_memory, drop_last=drop_last, collate_fn=collate,
+                      generator=torch.Generator().manual_seed(seed), **kw)
+
+
+class DeviceNormalizer:
+    """uint8 (B, 3, H, W) on the host -> normalised float (B, 3, H, W) on the device."""
+
+    def __init__(self, mean: tuple[float, ...], std: tuple[float, ...], device: torch.device,
+                 channels_last: bool = False):
+        self.device = device
+        self.mean = torch.tensor(mean, device=device).view(1, 3, 1, 1) * 255.0  # (1, 3, 1, 1)
+        self.inv_std = 1.0 / (torch.tensor(std, device=device).view(1, 3, 1, 1) * 255.0)
+        self.memory_format = torch.channels_last if channels_last else torch.contiguous_format
+
+    def __call__(self, images: torch.Tensor) -> torch.Tensor:
+        x = images.to(self.device, non_blocking=True)
+        x = x.contiguous(memory_format=self.memory_format).float()
+        return (x - self.mean) * self.inv_std

@@ -1,0 +1,1 @@
+"""Training engine: trainer, evaluator, checkpoints, optimisers and schedules, EMA."""

@@ -1,0 +1,44 @@
+"""Device selection, autocast and thread settings."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+
+import torch
+
+from ..errors import ImgclsError
+
+
+def resolve_device(name: str) -> torch.device:
+    if name == "auto":
+        if torch.cuda.is_available():
+            return torch.device("cuda", int(os.environ.get("LOCAL_RANK", 0)))
+        return torch.device("cpu")
+    try:
+        dev = torch.device(name)
+    except RuntimeError:
+        raise ImgclsError(f"--device {name!r}: not a device (valid: auto, cpu, cuda, cuda:N, mps)") from None
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise ImgclsError(f"--device {name}: CUDA is not available on this machine (use --device cpu or auto)")
+    if dev.type == "mps" and not torch.backends.mps.is_available():
+        raise ImgclsError(f"--device {name}: MPS is not available on this machine")
+    return dev
+
+
+def autocast(device: torch.device, enabled: bool, dtype: str = "bf16"):
+    """bf16/fp16 autocast on CUDA; on CPU autocast is off unless asked for (it is slower there)."""
+    if not enabled or device.type not in ("cuda", "cpu"):
+        return contextlib.nullcontext()
+    if device.type == "cpu" and os.environ.get("IMGCLS_CPU_AMP") != "1":
+        return contextlib.nullcontext()
+    return torch.autocast(device.type, dtype=torch.bfloat16 if dtype == "bf16" else torch.float16)
+
+
+def setup_backends(device: torch.device, deterministic: bool) -> None:
+    if device.type == "cuda":
+        torch.backends.cudnn.benchmark = not deterministic
+        torch.backends.cuda.matmul.allow_tf32 = True
+        torch.backends.cudnn.allow_tf32 = True
+    if deterministic:
+        torch.use_deterministic_algorithms(True, warn_only=True)

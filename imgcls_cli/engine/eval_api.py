@@ -1,0 +1,74 @@
+"""Evaluate a checkpoint on a data split: the same code path the trainer uses each epoch."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from ..data.dataset import ImageDataset
+from ..data.loader import DeviceNormalizer, make_loader
+from ..data.sources import open_data
+from ..data.transforms import transforms_from_config
+from ..errors import DataError
+from .checkpoint import Checkpoint, load_checkpoint
+from .device import autocast, resolve_device
+from .evaluator import EvalResult, evaluate
+
+
+@dataclass
+class EvalOutput:
+    result: EvalResult
+    summary: dict[str, Any]
+    ckpt: Checkpoint
+
+
+def eval_loader(ckpt: Checkpoint, data: str | None, split: str | None, batch_size: int | None, workers: int | None,
+                device: torch.device):
+    cfg = ckpt.config
+    upd: dict[str, Any] = {}
+    if data is not None:
+        upd["data.path"] = data
+    if split is not None:
+        upd["data.val_split"] = split
+    if workers is not None:
+        upd["data.workers"] = workers
+    # the evaluated split is balanced and complete: no long-tail subsetting of val applies anyway
+    cfg = cfg.replace(**upd) if upd else cfg
+    bundle = open_data(cfg.data)
+    if bundle.val is None or len(bundle.val) == 0:
+        raise DataError(f"--data {cfg.data.path}: no validation split (val/ or test/) to evaluate on")
+    if bundle.class_names != ckpt.class_names:
+        raise DataError(f"--data {cfg.data.path}: its classes differ from the checkpoint's "
+                        f"({len(bundle.class_names)} vs {len(ckpt.class_names)} classes)")
+    _, eval_tf = transforms_from_config(cfg, bundle)
+    ds = ImageDataset(bundle.val, eval_tf)
+    bs = batch_size or cfg.train.eval_batch_size or cfg.train.batch_size * 2
+    loader = make_loader(ds, None, bs, cfg.data.workers, device.type == "cuda")
+    norm = DeviceNormalizer(ckpt.mean, ckpt.std, device, bool(cfg.train.channels_last) and device.type == "cuda")
+    return cfg, bundle, loader, norm
+
+
+def evaluate_checkpoint(path: str | Path, data: str | None = None, split: str | None = None,
+                        batch_size: int | None = None, workers: int | None = None, device: str = "auto",
+                        logits_transform: Any = None) -> EvalOutput:
+    dev = resolve_device(device)
+    ckpt = load_checkpoint(path, dev)
+    cfg, bundle, loader, norm = eval_loader(ckpt, data, split, batch_size, workers, dev)
+    from ..methods import task_class
+
+    task = task_class(cfg)(cfg, ckpt.model, len(ckpt.class_names), ckpt.class_counts)
+    amp = autocast(dev, cfg.train.amp, cfg.train.amp_dtype)
+    bad: list[str] = []
+
+    def logits_fn(x: torch.Tensor) -> torch.Tensor:
+        with amp:
+            z = task.eval_logits(ckpt.model, x)
+        return logits_transform(z) if logits_transform is not None else z
+
+    res = evaluate(logits_fn, loader, norm, len(ckpt.class_names), dev, on_bad=lambda b: bad.extend(r for _, r in b))
+    summary = res.summary(ckpt.class_names, ckpt.class_counts)
+    summary.update(checkpoint=str(path), data=cfg.data.path, split=cfg.data.val_split, skipped=bad)
+    return EvalOutput(res, summary, ckpt)

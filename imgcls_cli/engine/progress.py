@@ -1,0 +1,30 @@
+"""A Rich progress bar for training: loss, accuracy, learning rate and images/s."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+
+
+class TrainProgress:
+    def __init__(self, console: Any, epoch: int, epochs: int, total: int, enabled: bool = True):
+        self.enabled = enabled and console.is_terminal
+        self.progress = Progress(
+            TextColumn(f"epoch {epoch + 1}/{epochs}"), BarColumn(), MofNCompleteColumn(),
+            TextColumn("{task.fields[info]}"), TimeRemainingColumn(), console=console, transient=True,
+            disable=not self.enabled,
+        )
+        self.task = self.progress.add_task("train", total=total, info="")
+
+    def __enter__(self) -> TrainProgress:
+        self.progress.__enter__()
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self.progress.__exit__(*exc)
+
+    def update(self, completed: int, loss: float, acc: float, lr: float, ips: float) -> None:
+        if self.enabled:
+            self.progress.update(self.task, completed=completed,
+                                 info=f"loss {loss:.4f}  acc {acc:.1f}%  lr {lr:.3g}  {ips:.0f} img/s")

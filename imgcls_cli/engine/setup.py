@@ -1,0 +1,78 @@
+"""Turn a Config into the objects a run needs: resolved config, data loaders, normaliser."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from torch.utils.data import DataLoader
+
+from ..config import Config
+from ..data.dataset import ImageDataset
+from ..data.loader import DeviceNormalizer, make_loader
+from ..data.samplers import SequentialShard
+from ..data.sources import DataBundle, open_data
+from ..data.transforms import transforms_from_config
+from ..errors import DataError
+from ..registry import SAMPLERS
+from . import distributed as dist
+
+
+def resolve_config(cfg: Config, bundle: DataBundle, device: torch.device) -> Config:
+    """Fill the data-set defaults (None fields) so config.yaml states every value used."""
+    upd: dict[str, Any] = {}
+    if cfg.data.img_size is None:
+        upd["data.img_size"] = bundle.img_size
+    if cfg.data.val_split is None and bundle.val_split:
+        upd["data.val_split"] = bundle.val_split
+    if cfg.aug.crop_scale is None:
+        upd["aug.crop_scale"] = list(bundle.crop_scale)
+    if cfg.aug.hflip is None:
+        upd["aug.hflip"] = bundle.hflip
+    if cfg.train.channels_last is None:
+        upd["train.channels_last"] = device.type == "cuda"
+    if cfg.train.eval_batch_size is None:
+        upd["train.eval_batch_size"] = cfg.train.batch_size * 2
+    return cfg.replace(**upd) if upd else cfg
+
+
+@dataclass
+class DataSetup:
+    bundle: DataBundle
+    train_set: ImageDataset
+    val_set: ImageDataset | None
+    train_sampler: Any
+    train_loader: DataLoader
+    val_loader: DataLoader | None
+    normalizer: DeviceNormalizer
+
+
+def make_sampler(name: str, cfg: Config, labels: Any, num_classes: int, salt: int = 0) -> Any:
+    cls = SAMPLERS.get(name)
+    return cls(labels, num_classes, seed=cfg.train.seed + salt, num_replicas=dist.world_size(), rank=dist.rank(),
+               total_epochs=cfg.data.progressive_epochs or cfg.train.epochs)
+
+
+def setup_data(cfg: Config, bundle: DataBundle, device: torch.device) -> DataSetup:
+    if len(bundle.train) == 0:
+        raise DataError(f"--data {cfg.data.path}: the training split is empty")
+    train_tf, eval_tf = transforms_from_config(cfg, bundle)
+    train_set = ImageDataset(bundle.train, train_tf, seed=cfg.train.seed)
+    sampler = make_sampler(cfg.data.sampler, cfg, bundle.train.labels, bundle.num_classes)
+    bs = cfg.train.batch_size
+    pin = cfg.data.pin_memory and device.type == "cuda"
+    train_loader = make_loader(train_set, sampler, bs, cfg.data.workers, pin,
+                               drop_last=sampler.per_rank > bs, seed=cfg.train.seed)
+    val_set = val_loader = None
+    if bundle.val is not None and len(bundle.val) > 0:
+        val_set = ImageDataset(bundle.val, eval_tf, seed=cfg.train.seed)
+        shard = SequentialShard(len(val_set), dist.world_size(), dist.rank())
+        val_loader = make_loader(val_set, shard, cfg.train.eval_batch_size or bs * 2, cfg.data.workers, pin)
+    norm = DeviceNormalizer(bundle.mean, bundle.std, device, bool(cfg.train.channels_last))
+    return DataSetup(bundle, train_set, val_set, sampler, train_loader, val_loader, norm)
+
+
+def open_and_resolve(cfg: Config, device: torch.device) -> tuple[Config, DataBundle]:
+    bundle = open_data(cfg.data)
+    return resolve_config(cfg, bundle, device), bundle

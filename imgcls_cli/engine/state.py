@@ -1,0 +1,99 @@
+"""What goes into a training checkpoint, and how run checkpoints are kept and pruned.
+
+Only tensors, numbers, strings, lists and dicts: loadable with weights_only=True.  `last.pt` is
+written every epoch (and on a signal, mid-epoch with the sampler position), `best.pt` when the
+validation top-1 improves, `epoch_NNN.pt` keeps the last few; pruning never removes the newest
+loadable checkpoint.
+"""
+
+from __future__ import annotations
+
+import random
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from .checkpoint import FORMAT, VERSION, CheckpointError, atomic_save, read_checkpoint
+
+
+def rng_state() -> dict[str, Any]:
+    st: dict[str, Any] = {"torch": torch.get_rng_state()}
+    if torch.cuda.is_available() and torch.cuda.is_initialized():
+        st["cuda"] = torch.cuda.get_rng_state_all()
+    v, internal, gauss = random.getstate()
+    st["python"] = [v, list(internal), gauss]
+    return st
+
+
+def restore_rng(st: dict[str, Any] | None) -> None:
+    if not st:
+        return
+    torch.set_rng_state(st["torch"])
+    if "cuda" in st and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(st["cuda"])
+    if "python" in st:
+        v, internal, gauss = st["python"]
+        random.setstate((v, tuple(internal), gauss))
+
+
+def build_checkpoint(trainer: Any, epoch: int, position: int) -> dict[str, Any]:
+    evaluated = trainer.ema.module if trainer.ema is not None else trainer.model
+    ckpt: dict[str, Any] = {
+        "format": FORMAT, "version": VERSION,
+        "model": evaluated.state_dict(),
+        "config": trainer.cfg.to_dict(),
+        "class_names": list(trainer.bundle.class_names),
+        "class_counts": [int(c) for c in trainer.class_counts],
+        "normalization": {"mean": list(trainer.bundle.mean), "std": list(trainer.bundle.std)},
+        "epoch": epoch, "position": position, "global_step": trainer.global_step,
+        "best_top1": trainer.best, "best_epoch": trainer.best_epoch,
+        "optimizer": trainer.optimizer.state_dict(),
+        "scheduler": trainer.scheduler.state_dict(),
+        "scaler": trainer.scaler.state_dict() if trainer.scaler.is_enabled() else {},
+        "loss_modules": [m.state_dict() for m in trainer.task.loss_modules()],
+        "rng": rng_state(),
+        "torch_version": torch.__version__,
+    }
+    if trainer.ema is not None:
+        ckpt["train_model"] = trainer.model.state_dict()
+        ckpt["ema"] = trainer.ema.state_dict()
+    return ckpt
+
+
+def save_run_checkpoint(run_dir: Path, ckpt: dict[str, Any], is_best: bool, keep: int) -> None:
+    atomic_save(ckpt, run_dir / "last.pt")
+    if is_best:
+        atomic_save(ckpt, run_dir / "best.pt")
+    if ckpt.get("position", 0) == 0:
+        atomic_save(ckpt, run_dir / f"epoch_{ckpt['epoch']:03d}.pt")
+        prune(run_dir, keep)
+
+
+def _valid(p: Path) -> bool:
+    try:
+        read_checkpoint(p)
+        return True
+    except CheckpointError:
+        return False
+
+
+def prune(run_dir: Path, keep: int) -> None:
+    """Keep the `keep` newest epoch checkpoints; never delete the newest valid one."""
+    epochs = sorted(run_dir.glob("epoch_*.pt"))
+    old = epochs[:-keep] if keep > 0 else epochs
+    kept = epochs[len(old):]
+    if not any(_valid(p) for p in kept) and not _valid(run_dir / "last.pt"):
+        newest_valid = next((p for p in reversed(old) if _valid(p)), None)
+        old = [p for p in old if p != newest_valid]
+    for p in old:
+        p.unlink(missing_ok=True)
+
+
+def newest_valid_checkpoint(run_dir: Path) -> Path | None:
+    """last.pt if it loads, else the newest epoch_*.pt that loads, else best.pt."""
+    cands = [run_dir / "last.pt"] + sorted(run_dir.glob("epoch_*.pt"), reverse=True) + [run_dir / "best.pt"]
+    for p in cands:
+        if p.is_file() and _valid(p):
+            return p
+    return None

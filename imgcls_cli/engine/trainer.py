@@ -1,0 +1,336 @@
+"""The training loop.  It knows no method by name: a Task turns batches into losses.
+
+Per step: uint8 batch -> device -> normalise -> (Mixup/CutMix) -> autocast forward via the Task ->
+backward (with accumulation) -> optimizer + per-step schedule -> EMA.  Per epoch: evaluation,
+`metrics.jsonl`, atomic `last.pt` / `best.pt`.  Loss and accuracy are accumulated on the device
+and read only when the progress bar is refreshed.
+"""
+
+from __future__ import annotations
+
+import math
+import signal
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from ..config import Config
+from ..errors import ImgclsError
+from ..methods import task_class
+from . import distributed as dist
+from .checkpoint import read_checkpoint
+from .device import autocast, resolve_device, setup_backends
+from .ema import ModelEma
+from .evaluator import evaluate
+from .optim import build_optimizer, build_scheduler, param_groups
+from .progress import TrainProgress
+from .rundir import append_jsonl, make_run_dir, mark_latest
+from .setup import open_and_resolve, setup_data
+from .state import build_checkpoint, restore_rng, save_run_checkpoint
+
+
+class TrainingDiverged(ImgclsError):
+    exit_code = 3
+
+
+class Interrupted(Exception):
+    def __init__(self, signum: int):
+        super().__init__(f"signal {signum}")
+        self.exit_code = 128 + signum
+
+
+@dataclass
+class TrainResult:
+    run_dir: Path
+    best_top1: float
+    last_top1: float
+    best_epoch: int
+    epochs_run: int
+    config: Config
+
+
+def _freeze_backbone(model: torch.nn.Module, head_path: str, frozen: bool) -> None:
+    for name, p in model.named_parameters():
+        if not name.startswith(head_path + "."):
+            p.requires_grad_(not frozen)
+
+
+def train(cfg: Config, console: Any = None) -> TrainResult:
+    """Train according to `cfg`; returns where the run went and its best validation top-1."""
+    return Trainer(cfg, console).fit()
+
+
+class Trainer:
+    def __init__(self, cfg: Config, console: Any = None):
+        from rich.console import Console
+
+        self.console = console or Console(stderr=True)
+        self.device = resolve_device(cfg.train.device)
+        dist.init_from_env(self.device.type)
+        if self.device.type == "cuda":
+            torch.cuda.set_device(self.device)
+        setup_backends(self.device, cfg.train.deterministic)
+        torch.manual_seed(cfg.train.seed)
+        self.resume_state = read_checkpoint(self._resume_path(cfg)) if cfg.train.resume else None
+        cfg, bundle = open_and_resolve(cfg, self.device)
+        self.cfg, self.bundle = cfg, bundle
+        self.data = setup_data(cfg, bundle, self.device)
+        self.class_counts = bundle.class_counts()
+        tcls = task_class(cfg)
+        model = tcls.build_model(cfg, bundle.num_classes, self.class_counts)
+        from ..models.build import log_messages
+
+        for line in log_messages if dist.is_main() else []:
+            self.console.print(f"[dim]weights: {line}[/dim]")
+        model.to(self.device)
+        if cfg.train.channels_last:
+            model.to(memory_format=torch.channels_last)
+        self.model = model  # unwrapped: what checkpoints hold
+        self.train_model = model
+        if dist.is_dist():
+            if cfg.train.sync_bn:
+                self.train_model = torch.nn.SyncBatchNorm.convert_sync_batchnorm(self.train_model)
+            self.train_model = torch.nn.parallel.DistributedDataParallel(
+                self.train_model, device_ids=[self.device.index] if self.device.type == "cuda" else None)
+        if cfg.train.compile:
+            self.train_model = torch.compile(self.train_model)
+        self.task = tcls(cfg, self.train_model, bundle.num_classes, self.class_counts)
+        for m in self.task.loss_modules():
+            m.to(self.device)
+        oc = cfg.optim
+        groups = param_groups(model, oc.weight_decay, oc.no_wd_bn_bias, self.task.trainable_parameters())
+        groups += self.task.param_groups(oc.lr)
+        self.optimizer = build_optimizer(oc, groups, self.device)
+        self.steps_per_epoch = max(1, self._batches_per_epoch() // oc.accum_steps)
+        self.scheduler = build_scheduler(self.optimizer, oc, self.steps_per_epoch, cfg.train.epochs)
+        fp16 = self.device.type == "cuda" and cfg.train.amp and cfg.train.amp_dtype == "fp16"
+        self.scaler = torch.amp.GradScaler(self.device.type, enabled=fp16)
+        self.ema = ModelEma(model, oc.ema) if oc.ema else None
+        self.mixer = None
+        if cfg.aug.mixup > 0 or cfg.aug.cutmix > 0:
+            from ..data.mixing import Mixer
+
+            self.mixer = Mixer(cfg.aug, bundle.num_classes)
+        self.start_epoch, self.position, self.best, self.best_epoch = 0, 0, -1.0, -1
+        self.global_step = 0
+        self.run_dir = make_run_dir(cfg, resuming=self.resume_state is not None) if dist.is_main() else None
+        self.bad_reported: set[int] = set()
+        self.stop_signal: int | None = None
+        if self.resume_state is not None:
+            self._restore(self.resume_state)
+
+    # ------------------------------------------------------------------------------------
+    def _resume_path(self, cfg: Config) -> Path:
+        p = Path(cfg.train.resume)
+        if cfg.train.resume == "auto":
+            from .rundir import latest_run
+
+            run = Path(cfg.train.out) if cfg.train.out else latest_run(cfg.train.runs_dir)
+            if run is None:
+                raise ImgclsError(f"--resume auto: no run found in {cfg.train.runs_dir}/")
+            p = run
+        if p.is_dir():
+            from .state import newest_valid_checkpoint
+
+            found = newest_valid_checkpoint(p)
+            if found is None:
+                raise ImgclsError(f"--resume {p}: no loadable checkpoint in this folder")
+            p = found
+        return p
+
+    def _batches_per_epoch(self) -> int:
+        n = len(self.data.train_loader)
+        return min(n, self.cfg.train.steps_per_epoch * self.cfg.optim.accum_steps) if self.cfg.train.steps_per_epoch else n
+
+    def _restore(self, st: dict[str, Any]) -> None:
+        self.model.load_state_dict(st.get("train_model", st["model"]))
+        if "optimizer" in st:
+            self.optimizer.load_state_dict(st["optimizer"])
+        if "scheduler" in st:
+            self.scheduler.load_state_dict(st["scheduler"])
+        if "scaler" in st and st["scaler"]:
+            self.scaler.load_state_dict(st["scaler"])
+        if self.ema is not None and "ema" in st:
+            self.ema.load_state_dict(st["ema"])
+        for m, sd in zip(self.task.loss_modules(), st.get("loss_modules", []), strict=False):
+            m.load_state_dict(sd)
+        self.start_epoch, self.position = int(st["epoch"]), int(st.get("position", 0))
+        self.best, self.best_epoch = float(st.get("best_top1", -1.0)), int(st.get("best_epoch", -1))
+        self.global_step = int(st.get("global_step", 0))
+        restore_rng(st.get("rng"))
+        if dist.is_main():
+            where = f"epoch {self.start_epoch + 1}" + (f", item {self.position}" if self.position else "")
+            self.console.print(f"resuming from {self.cfg.train.resume} at {where}")
+
+    def _on_signal(self, signum: int, _frame: Any) -> None:
+        self.stop_signal = signum
+
+    def _report_bad(self, bad: list[tuple[int, str]]) -> None:
+        for idx, reason in bad:
+            if idx not in self.bad_reported:
+                self.bad_reported.add(idx)
+                if dist.is_main():
+                    self.console.print(f"[yellow]skipped unreadable image[/yellow] {reason}")
+
+    # ------------------------------------------------------------------------------------
+    def fit(self) -> TrainResult:
+        cfg = self.cfg
+        if dist.is_main():
+            (self.run_dir / "config.yaml").write_text(cfg.to_yaml())
+            mark_latest(self.run_dir, cfg.train.runs_dir if not cfg.train.out else Path(cfg.train.runs_dir))
+            self.console.print(f"run directory: [bold]{self.run_dir}[/bold]  ({len(self.bundle.train)} train /"
+                               f" {len(self.bundle.val) if self.bundle.val else 0} val images,"
+                               f" {self.bundle.num_classes} classes, device {self.device})")
+        old = {s: signal.signal(s, self._on_signal) for s in (signal.SIGTERM, signal.SIGINT)}
+        last_top1 = float("nan")
+        epoch = self.start_epoch
+        try:
+            for epoch in range(self.start_epoch, cfg.train.epochs):
+                stats = self._train_epoch(epoch)
+                record: dict[str, Any] = {"epoch": epoch + 1, **stats}
+                if self.data.val_loader is not None and ((epoch + 1) % cfg.train.eval_every == 0
+                                                         or epoch + 1 == cfg.train.epochs):
+                    res = self.evaluate()
+                    last_top1 = res.top1
+                    record.update(val_top1=res.top1, val_top5=res.top5, val_loss=res.loss_sum / max(1, res.n),
+                                  val_mean_class_acc=res.mean_class_acc)
+                    is_best = res.top1 > self.best
+                    if is_best:
+                        self.best, self.best_epoch = res.top1, epoch + 1
+                else:
+                    is_best = self.data.val_loader is None
+                self._save(epoch + 1, 0, is_best)
+                if dist.is_main():
+                    append_jsonl(self.run_dir / "metrics.jsonl", record)
+                    self._log_epoch(record)
+        except Interrupted as e:
+            raise SystemExit(e.exit_code) from None
+        finally:
+            for s, h in old.items():
+                signal.signal(s, h)
+        return TrainResult(self.run_dir, self.best, last_top1, self.best_epoch, epoch + 1, cfg)
+
+    def evaluate(self):
+        model = self.ema.module if self.ema is not None else self.model
+        model.eval()
+        amp = autocast(self.device, self.cfg.train.amp, self.cfg.train.amp_dtype)
+
+        def logits_fn(x: torch.Tensor) -> torch.Tensor:
+            with amp:
+                return self.task.eval_logits(model, x)
+
+        res = evaluate(logits_fn, self.data.val_loader, self.data.normalizer, self.bundle.num_classes, self.device,
+                       on_bad=self._report_bad)
+        return res
+
+    def _save(self, epoch: int, position: int, is_best: bool) -> None:
+        if not dist.is_main():
+            return
+        ckpt = build_checkpoint(self, epoch, position)
+        save_run_checkpoint(self.run_dir, ckpt, is_best=is_best, keep=self.cfg.train.keep_checkpoints)
+
+    def _log_epoch(self, r: dict[str, Any]) -> None:
+        val = f"  val top1 {r['val_top1']:.2f}%  top5 {r['val_top5']:.2f}%" if "val_top1" in r else ""
+        self.console.print(f"epoch {r['epoch']}/{self.cfg.train.epochs}  loss {r['train_loss']:.4f}"
+                           f"  train acc {r['train_acc']:.2f}%{val}  lr {r['lr']:.4g}"
+                           f"  {r['img_per_s']:.0f} img/s  {r['time_s']:.1f}s")
+
+    # ------------------------------------------------------------------------------------
+    def _train_epoch(self, epoch: int) -> dict[str, Any]:
+        cfg, dev = self.cfg, self.device
+        self.model.train()
+        self.task.on_epoch_start(epoch)
+        frozen = epoch < cfg.train.freeze_backbone_epochs
+        if cfg.train.freeze_backbone_epochs:
+            from ..models.build import meta
+
+            _freeze_backbone(self.model, meta(self.model)["head"], frozen)
+        sampler = self.data.train_sampler
+        sampler.set_epoch(epoch)
+        position = self.position if epoch == self.start_epoch else 0
+        sampler.set_position(position)
+        self.position = 0
+        bs, accum = cfg.train.batch_size, cfg.optim.accum_steps
+        max_batches = self._batches_per_epoch() - position // bs
+        loss_sum = torch.zeros((), device=dev)
+        correct = torch.zeros((), device=dev, dtype=torch.long)
+        seen = torch.zeros((), device=dev, dtype=torch.long)
+        n_images, bad_steps, t0 = 0, 0, time.perf_counter()
+        amp = autocast(dev, cfg.train.amp, cfg.train.amp_dtype)
+        mix_gen = torch.Generator(device=dev) if self.mixer is not None else None
+        progress = TrainProgress(self.console, epoch, cfg.train.epochs, max_batches,
+                                 enabled=cfg.train.progress and dist.is_main())
+        items_done = position
+        with progress:
+            for i, batch in enumerate(self.data.train_loader):
+                if i >= max_batches:
+                    break
+                items_done += bs
+                if batch["bad"]:
+                    self._report_bad(batch["bad"])
+                if batch["images"] is None:
+                    continue
+                x = self.data.normalizer(batch["images"])  # (B, 3, H, W) float
+                y = batch["targets"].to(dev, non_blocking=True)  # (B,)
+                soft = None
+                if self.mixer is not None:
+                    mix_gen.manual_seed(hash((cfg.train.seed, epoch, items_done)) % 2**62)
+                    x, soft = self.mixer(x, y, mix_gen)
+                step_batch = {"images": x, "targets": y, "soft": soft, "epoch": epoch, "indices": batch["indices"]}
+                with amp:
+                    out = self.task.train_step(step_batch)
+                loss = out["loss"]
+                if not bool(torch.isfinite(loss)):
+                    bad_steps += 1
+                    self.optimizer.zero_grad(set_to_none=True)
+                    if dist.is_main():
+                        self.console.print(f"[yellow]non-finite loss at epoch {epoch + 1} step {i + 1}: step skipped[/yellow]")
+                    if bad_steps >= cfg.train.max_bad_steps:
+                        self._save(epoch, position, is_best=False)
+                        raise TrainingDiverged(
+                            f"training diverged: {bad_steps} consecutive non-finite losses at epoch {epoch + 1};"
+                            f" last good weights saved in {self.run_dir / 'last.pt'} (lower --lr?)")
+                    continue
+                bad_steps = 0
+                self.scaler.scale(loss / accum).backward()
+                self.task.after_backward()
+                if (i + 1) % accum == 0:
+                    if cfg.optim.grad_clip:
+                        self.scaler.unscale_(self.optimizer)
+                        torch.nn.utils.clip_grad_norm_(self.model.parameters(), cfg.optim.grad_clip)
+                    self.scaler.step(self.optimizer)
+                    self.scaler.update()
+                    self.optimizer.zero_grad(set_to_none=True)
+                    self.scheduler.step()
+                    self.task.after_step()
+                    self.global_step += 1
+                    if self.ema is not None:
+                        self.ema.update(self.model)
+                b = y.shape[0]
+                n_images += b
+                loss_sum += loss.detach().float() * b
+                correct += (out["logits"].detach().argmax(1) == (soft.argmax(1) if soft is not None else y)).sum()
+                seen += b
+                if (i + 1) % cfg.train.log_every == 0 or i + 1 == max_batches:
+                    el = time.perf_counter() - t0
+                    s = int(seen)
+                    progress.update(i + 1, loss=float(loss_sum) / max(1, s), acc=float(correct) / max(1, s) * 100,
+                                    lr=self.optimizer.param_groups[0]["lr"], ips=n_images / max(el, 1e-9))
+                if self.stop_signal is not None:
+                    self._save(epoch, items_done, is_best=False)
+                    if dist.is_main():
+                        self.console.print(f"stopped by signal {self.stop_signal}: checkpoint saved to"
+                                           f" {self.run_dir / 'last.pt'} (resume with --resume {self.run_dir})")
+                    raise Interrupted(self.stop_signal)
+        el = time.perf_counter() - t0
+        s = max(1, int(seen))
+        return {"train_loss": float(loss_sum) / s, "train_acc": float(correct) / s * 100,
+                "lr": self.optimizer.param_groups[0]["lr"], "img_per_s": n_images / max(el, 1e-9),
+                "time_s": el, "steps": self.global_step}
+
+
+def finite(x: float) -> bool:
+    return not (math.isnan(x) or math.isinf(x))

@@ -1,0 +1,1 @@
+"""Attention modules and their insertion into each backbone family."""

@@ -1,0 +1,1 @@
+"""Visualisation: activation maps, overlays and plots."""
