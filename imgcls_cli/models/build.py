@@ -128,8 +128,13 @@ def build_model(
     drop_rate: float = 0.0,
     zero_init_residual: bool = False,
     attn_options: dict[str, Any] | None = None,
+    head_options: dict[str, Any] | None = None,
 ) -> nn.Module:
-    """Build a classifier; forward(images (B,3,H,W) normalised) -> logits (B, num_classes)."""
+    """Build a classifier; forward(images (B,3,H,W) normalised) -> logits (B, num_classes).
+
+    Heads registered with `wraps_model=True` (bilinear) need the conv feature map: their factory
+    gets the finished backbone (weights loaded) and returns the whole model with its own metadata.
+    """
     importlib.import_module("imgcls_cli.components_all")
     if num_classes < 1:
         raise ImgclsError(f"num_classes must be >= 1, got {num_classes}")
@@ -151,7 +156,10 @@ def build_model(
 
         insert_attention(model, info["family"], attn, **(attn_options or {}))
     make_head = HEADS.get(head)
-    if head != "linear" or feature_dim or drop_rate:
+    wraps = bool(HEADS.meta(head).get("wraps_model"))
+    if wraps and feature_dim:
+        raise ImgclsError(f"--feature-dim: not supported with --head {head} (its embedding is the pooled feature map)")
+    if not wraps and (head != "linear" or feature_dim or drop_rate):
         d = feature_dim or in_features
         cls = make_head(d, num_classes) if head != "linear" else nn.Linear(d, num_classes)
         if feature_dim or drop_rate:
@@ -174,4 +182,6 @@ def build_model(
     log_messages.clear()
     for state, src in sources:
         log_messages.extend(load_weights(model, state, src))
+    if wraps:  # weights went into the backbone above (torchvision names); now wrap it
+        model = make_head(model, num_classes, drop_rate=drop_rate, **(head_options or {}))
     return model
