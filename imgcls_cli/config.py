@@ -203,13 +203,41 @@ class Config(Frozen):
     optim: OptimConfig = OptimConfig()
     train: TrainConfig = TrainConfig()
 
+    @model_validator(mode="before")
+    @classmethod
+    def _method_defaults(cls, d: Any) -> Any:
+        """A method may supply the sampler default (cRT/LWS: class_balanced); a sampler the user gave is kept."""
+        if not isinstance(d, dict) or not isinstance(d.get("train"), dict) or not d["train"].get("method"):
+            return d
+        data = d.get("data") or {}
+        given = "sampler" in (data if isinstance(data, dict) else data.model_fields_set)
+        load_components()
+        if given or d["train"]["method"] not in ALL["method"]:
+            return d
+        default = getattr(ALL["method"].get(d["train"]["method"]), "default_sampler", None)
+        if default is None:
+            return d
+        data = dict(data) if isinstance(data, dict) else data.model_dump()
+        return {**d, "data": {**data, "sampler": default}}
+
     @model_validator(mode="after")
     def _combinations(self) -> Config:
         mixing = self.aug.mixup > 0 or self.aug.cutmix > 0
+        fams = getattr(ALL["method"].get(self.train.method), "backbone_families", None)
+        family = ALL["backbone"].meta(self.model.backbone).get("family")
+        if fams and family not in fams:
+            ok = [b for b in ALL["backbone"].names() if ALL["backbone"].meta(b).get("family") in fams]
+            raise ValueError(f"--method {self.train.method} supports {'/'.join(fams)} backbones only; --backbone"
+                             f" {self.model.backbone} is {family} (valid: {', '.join(ok)})")
+        if self.train.method == "bbn" and (self.loss.name == "center" or self.model.feature_dim):
+            raise ValueError("--method bbn: --loss center and --feature-dim are not supported with its two-branch head")
         if self.loss.name == "arcface" and self.model.head not in ("linear", "cosine"):
             raise ValueError(f"--loss arcface needs a cosine head; --head {self.model.head} cannot give cosine logits")
         if self.loss.name == "center" and self.loss.center_on == "arcface" and self.model.head not in ("linear", "cosine"):
             raise ValueError("--loss center with ArcFace needs a cosine head")
+        if self.loss.name == "center" and mixing:
+            raise ValueError("--loss center pulls features to the centre of their hard label; Mixup/CutMix"
+                             " (soft labels) are not supported with it")
         if self.train.method in ("crt", "lws") and not self.train.init_from:
             raise ValueError(f"--method {self.train.method} is a second stage: give the stage-1 checkpoint with --init-from")
         if self.train.method == "bbn" and mixing:

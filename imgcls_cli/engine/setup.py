@@ -73,6 +73,16 @@ def setup_data(cfg: Config, bundle: DataBundle, device: torch.device) -> DataSet
     return DataSetup(bundle, train_set, val_set, sampler, train_loader, val_loader, norm)
 
 
+def second_stream(cfg: Config, data: DataSetup, name: str, device: torch.device) -> tuple[Any, DataLoader]:
+    """A second batch stream over the same training set (BBN: the reversed sampler), seeded apart from the
+    first (salt 1); it has as many batches per epoch as the main stream and is normalised the same way."""
+    sampler = make_sampler(name, cfg, data.bundle.train.labels, data.bundle.num_classes, salt=1)
+    bs = cfg.train.batch_size
+    loader = make_loader(data.train_set, sampler, bs, cfg.data.workers, cfg.data.pin_memory and device.type == "cuda",
+                         drop_last=sampler.per_rank > bs, seed=cfg.train.seed + 1)
+    return sampler, loader
+
+
 def open_and_resolve(cfg: Config, device: torch.device) -> tuple[Config, DataBundle]:
     bundle = open_data(cfg.data)
     return resolve_config(cfg, bundle, device), bundle

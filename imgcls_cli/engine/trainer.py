@@ -28,7 +28,7 @@ from .evaluator import evaluate
 from .optim import build_optimizer, build_scheduler, param_groups
 from .progress import TrainProgress
 from .rundir import append_jsonl, make_run_dir, mark_latest
-from .setup import open_and_resolve, setup_data
+from .setup import open_and_resolve, second_stream, setup_data
 from .state import build_checkpoint, restore_rng, save_run_checkpoint
 
 
@@ -80,6 +80,7 @@ class Trainer:
         self.data = setup_data(cfg, bundle, self.device)
         self.class_counts = bundle.class_counts()
         tcls = task_class(cfg)
+        self.second = second_stream(cfg, self.data, tcls.second_sampler, self.device) if tcls.second_sampler else None
         model = tcls.build_model(cfg, bundle.num_classes, self.class_counts)
         from ..models.build import log_messages
 
@@ -252,6 +253,11 @@ class Trainer:
         sampler.set_epoch(epoch)
         position = self.position if epoch == self.start_epoch else 0
         sampler.set_position(position)
+        loader: Any = self.data.train_loader
+        if self.second is not None:  # Task.second_sampler (BBN): a second stream, batch for batch
+            self.second[0].set_epoch(epoch)
+            self.second[0].set_position(position)
+            loader = zip(loader, self.second[1])
         self.position = 0
         bs, accum = cfg.train.batch_size, cfg.optim.accum_steps
         max_batches = self._batches_per_epoch() - position // bs
@@ -265,7 +271,8 @@ class Trainer:
                                  enabled=cfg.train.progress and dist.is_main())
         items_done = position
         with progress:
-            for i, batch in enumerate(self.data.train_loader):
+            for i, batch in enumerate(loader):
+                batch, batch2 = batch if self.second is not None else (batch, None)
                 if i >= max_batches:
                     break
                 items_done += bs
@@ -280,6 +287,13 @@ class Trainer:
                     mix_gen.manual_seed(hash((cfg.train.seed, epoch, items_done)) % 2**62)
                     x, soft = self.mixer(x, y, mix_gen)
                 step_batch = {"images": x, "targets": y, "soft": soft, "epoch": epoch, "indices": batch["indices"]}
+                if batch2 is not None:
+                    if batch2["bad"]:
+                        self._report_bad(batch2["bad"])
+                    if batch2["images"] is None:
+                        continue
+                    step_batch["images2"] = self.data.normalizer(batch2["images"])  # (B2, 3, H, W)
+                    step_batch["targets2"] = batch2["targets"].to(dev, non_blocking=True)  # (B2,)
                 with amp:
                     out = self.task.train_step(step_batch)
                 loss = out["loss"]

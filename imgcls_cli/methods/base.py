@@ -26,6 +26,7 @@ def model_from_config(cfg: Any, num_classes: int, weights: str | None = None, pr
         weights=m.weights if weights is None else weights, feature_dim=m.feature_dim, drop_rate=m.drop_rate,
         zero_init_residual=m.zero_init_residual,
         attn_options={"reduction": m.reduction, "nonlocal_blocks": m.nonlocal_blocks, "cbam_kernel": m.cbam_kernel},
+        head_options={"two_stream": m.bilinear_two_stream} if head == "bilinear" else None,
     )
 
 
@@ -34,6 +35,10 @@ class Task:
 
     #: names of extra samplers the method needs for a second batch stream (e.g. BBN: "reversed")
     second_sampler: str | None = None
+    #: sampler used when the user gives none (cRT/LWS: "class_balanced"); an explicit --sampler is kept
+    default_sampler: str | None = None
+    #: backbone families the method's model supports (None = all); checked in Config._combinations
+    backbone_families: tuple[str, ...] | None = None
 
     def __init__(self, cfg: Any, model: nn.Module, num_classes: int, class_counts: list[int] | None):
         self.cfg, self.model, self.num_classes = cfg, model, num_classes
