@@ -1,0 +1,36 @@
+"""`imgcls report RUN_DIR...`: a results table read from run directories."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import typer
+
+from .common import handle_errors
+from .common import out as stdout
+
+
+def report_command(
+    runs: list[Path] = typer.Argument(..., help="Run directories (each with config.yaml and metrics.jsonl)."),
+    fmt: str = typer.Option("md", "--format", help="md|csv."),
+    output: Path = typer.Option(None, "--out", help="Write the table to this file too."),
+) -> None:
+    """Results table (backbone, attention, loss, augmentation, method, data, epochs, top-1/5, shots)."""
+    from ..errors import ImgclsError
+    from ..report import read_run, table
+
+    if fmt not in ("md", "csv"):
+        raise ImgclsError(f"--format {fmt!r}: valid formats are md, csv")
+    dirs = []
+    for r in runs:  # a folder of runs is expanded
+        dirs += [r] if (r / "metrics.jsonl").exists() else sorted(p.parent for p in r.glob("*/metrics.jsonl"))
+    if not dirs:
+        raise ImgclsError(f"report: no run directories found in {', '.join(map(str, runs))}")
+    text = table([read_run(d) for d in dirs], fmt)
+    stdout.print(text, end="", markup=False, highlight=False, soft_wrap=True)
+    if output is not None:
+        output.write_text(text)
+
+
+def register(app: typer.Typer) -> None:
+    app.command("report")(handle_errors(report_command))
