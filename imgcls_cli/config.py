@@ -238,9 +238,6 @@ class Config(Frozen):
         if self.loss.name == "center" and mixing:
             raise ValueError("--loss center pulls features to the centre of their hard label; Mixup/CutMix"
                              " (soft labels) are not supported with it")
-        if self.loss.name == "center" and mixing:
-            raise ValueError("--loss center pulls features to the centre of their hard label; Mixup/CutMix"
-                             " (soft labels) are not supported with it")
         if self.train.method in ("crt", "lws") and not self.train.init_from:
             raise ValueError(f"--method {self.train.method} is a second stage: give the stage-1 checkpoint with --init-from")
         if self.train.method == "bbn" and mixing:
