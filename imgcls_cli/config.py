@@ -188,6 +188,8 @@ class TrainConfig(Frozen):
     wsdan_beta: float = Field(0.05, gt=0.0, le=1.0)
     progress: bool = True
     tensorboard: bool = True
+    log_steps: bool = Field(False, description="write steps.jsonl: the loss of every optimizer step (costs a sync)")
+    freeze_bn: bool = Field(False, description="BatchNorm uses and keeps its running statistics (small per-device batches)")
 
     @field_validator("method")
     @classmethod

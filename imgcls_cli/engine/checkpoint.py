@@ -3,14 +3,16 @@
 A checkpoint is a dict of tensors, numbers, strings, lists and dicts only, so it always loads with
 `torch.load(weights_only=True)`; a file that needs pickle (code execution) is refused.  Writes go
 to a temporary file in the same folder, are flushed and fsynced, then renamed over the target, so
-a crash leaves either the old or the new file, never half of one.
+a crash leaves either the old or the new file, never half of one.  PyTorch's zip container has no
+checksum of its own (a flipped bit in a tensor loads silently), so an imgcls checkpoint carries
+`digest`: a SHA-256 over its whole content, verified on every read.
 """
 
 from __future__ import annotations
 
+import hashlib
 import os
 import pickle
-import zipfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -24,9 +26,52 @@ FORMAT = "imgcls-checkpoint"
 VERSION = 1
 
 
+def _feed(h: Any, obj: Any) -> None:
+    """Hash a checkpoint structure canonically: type tags, sorted dict keys, raw tensor bytes."""
+    if isinstance(obj, torch.Tensor):
+        t = obj.detach().cpu().contiguous()
+        h.update(f"T{t.dtype}{tuple(t.shape)}".encode())
+        if t.numel():
+            h.update(t.reshape(-1).view(torch.uint8).numpy().data)  # (numel * itemsize,) raw bytes
+    elif isinstance(obj, dict):
+        h.update(b"D%d" % len(obj))
+        for k in sorted(obj, key=lambda k: (type(k).__name__, repr(k))):
+            h.update(repr(k).encode())
+            _feed(h, obj[k])
+    elif isinstance(obj, (list, tuple)):
+        h.update(b"L%d" % len(obj))
+        for v in obj:
+            _feed(h, v)
+    else:
+        h.update(f"{type(obj).__name__}:{obj!r};".encode())
+
+
+def content_digest(ckpt: dict[str, Any]) -> str:
+    h = hashlib.sha256()
+    _feed(h, {k: v for k, v in ckpt.items() if k != "digest"})
+    return h.hexdigest()
+
+
+def _remove_stale_tmp(path: Path) -> None:
+    """Temporary files of writers that were killed mid-save (their process no longer exists)."""
+    for tmp in path.parent.glob(f".{path.name}.tmp.*"):
+        try:
+            os.kill(int(tmp.name.rsplit(".", 1)[1]), 0)
+        except ValueError:
+            continue
+        except ProcessLookupError:
+            tmp.unlink(missing_ok=True)
+        except PermissionError:
+            continue
+
+
 def atomic_save(obj: Any, path: str | Path) -> None:
+    """Write `obj` so that `path` is always the old or the new complete file (tmp, fsync, rename)."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
+    _remove_stale_tmp(path)
+    if isinstance(obj, dict) and obj.get("format") == FORMAT:
+        obj = {**obj, "digest": content_digest(obj)}
     tmp = path.with_name(f".{path.name}.tmp.{os.getpid()}")
     try:
         with open(tmp, "wb") as f:
@@ -56,14 +101,15 @@ def safe_load(path: str | Path, option: str = "checkpoint") -> Any:
         raise CheckpointError(f"{option} {p}: empty file, not a checkpoint")
     try:
         return torch.load(p, map_location="cpu", weights_only=True)
+    except MemoryError:
+        raise CheckpointError(f"{option} {p}: corrupt (a length field asks for more memory than exists)") from None
     except pickle.UnpicklingError as e:
         first = str(e).strip().splitlines()[0] if str(e).strip() else ""
         if "Weights only load failed" in str(e) or "Unsupported" in str(e) or "global" in str(e).lower():
-            raise CheckpointError(
-                f"{option} {p}: refused, it holds pickled Python objects that could run code (weights_only load: {first[:120]})"
-            ) from None
+            raise CheckpointError(f"{option} {p}: refused, it holds pickled Python objects that could run code"
+                                  f" (weights_only load: {first[:120]})") from None
         raise CheckpointError(f"{option} {p}: corrupt or not a PyTorch file ({first[:120]})") from None
-    except (RuntimeError, zipfile.BadZipFile, EOFError, OSError, ValueError, KeyError, IndexError) as e:
+    except Exception as e:  # any other failure of a damaged file (RuntimeError, EOFError, KeyError, ...)
         msg = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
         raise CheckpointError(f"{option} {p}: corrupt or truncated ({msg[:120]})") from None
 
@@ -86,6 +132,10 @@ def validate(ckpt: Any, path: str | Path) -> dict[str, Any]:
     for key in ("model", "config", "class_names"):
         if key not in ckpt:
             raise CheckpointError(f"checkpoint {path}: incomplete, '{key}' is missing")
+    if "digest" not in ckpt:
+        raise CheckpointError(f"checkpoint {path}: no integrity digest (damaged, or not written by imgcls)")
+    if ckpt["digest"] != content_digest(ckpt):
+        raise CheckpointError(f"checkpoint {path}: corrupt, its content does not match its SHA-256 digest")
     return ckpt
 
 
@@ -123,7 +173,8 @@ def load_checkpoint(path: str | Path, device: str | torch.device = "cpu") -> Che
     try:
         model.load_state_dict(raw["model"], strict=True)
     except RuntimeError as e:
-        raise CheckpointError(f"checkpoint {path}: weights do not match its config ({str(e).splitlines()[0][:120]})") from None
+        first = str(e).splitlines()[0][:120]
+        raise CheckpointError(f"checkpoint {path}: weights do not match its config ({first})") from None
     model.to(device).eval()
     norm = raw.get("normalization", {})
     return Checkpoint(

@@ -13,7 +13,9 @@ def is_dist() -> bool:
 
 
 def rank() -> int:
-    return dist.get_rank() if is_dist() else 0
+    """This process's rank; after the process group is closed, torchrun's RANK (so that only rank 0
+    prints the final summary)."""
+    return dist.get_rank() if is_dist() else int(os.environ.get("RANK", "0"))
 
 
 def world_size() -> int:
@@ -40,6 +42,21 @@ def all_reduce_sum(t: torch.Tensor) -> torch.Tensor:
     return t
 
 
+def all_reduce_max(t: torch.Tensor) -> torch.Tensor:
+    if is_dist():
+        if dist.get_backend() == "gloo":
+            t = t.cpu()
+        dist.all_reduce(t, op=dist.ReduceOp.MAX)
+    return t
+
+
 def barrier() -> None:
     if is_dist():
         dist.barrier()
+
+
+def cleanup() -> None:
+    """Close the process group at the end of a run (every rank has finished its last collective)."""
+    if is_dist():
+        dist.barrier()
+        dist.destroy_process_group()

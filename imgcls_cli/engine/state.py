@@ -78,12 +78,23 @@ def _valid(p: Path) -> bool:
         return False
 
 
+def _epoch_files(run_dir: Path) -> list[Path]:
+    """epoch_*.pt oldest first, by epoch number (epoch_1000 after epoch_999)."""
+    def num(p: Path) -> int:
+        tail = p.stem.removeprefix("epoch_")
+        return int(tail) if tail.isdigit() else -1
+
+    return sorted(run_dir.glob("epoch_*.pt"), key=num)
+
+
 def prune(run_dir: Path, keep: int) -> None:
     """Keep the `keep` newest epoch checkpoints; never delete the newest valid one."""
-    epochs = sorted(run_dir.glob("epoch_*.pt"))
+    epochs = _epoch_files(run_dir)
     old = epochs[:-keep] if keep > 0 else epochs
+    if not old:
+        return
     kept = epochs[len(old):]
-    if not any(_valid(p) for p in kept) and not _valid(run_dir / "last.pt"):
+    if not any(_valid(p) for p in reversed(kept)) and not _valid(run_dir / "last.pt"):
         newest_valid = next((p for p in reversed(old) if _valid(p)), None)
         old = [p for p in old if p != newest_valid]
     for p in old:
@@ -92,7 +103,7 @@ def prune(run_dir: Path, keep: int) -> None:
 
 def newest_valid_checkpoint(run_dir: Path) -> Path | None:
     """last.pt if it loads, else the newest epoch_*.pt that loads, else best.pt."""
-    cands = [run_dir / "last.pt"] + sorted(run_dir.glob("epoch_*.pt"), reverse=True) + [run_dir / "best.pt"]
+    cands = [run_dir / "last.pt"] + _epoch_files(run_dir)[::-1] + [run_dir / "best.pt"]
     for p in cands:
         if p.is_file() and _valid(p):
             return p

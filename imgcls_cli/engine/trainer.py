@@ -8,6 +8,7 @@ and read only when the progress bar is refreshed.
 
 from __future__ import annotations
 
+import json
 import math
 import signal
 import time
@@ -25,15 +26,22 @@ from .checkpoint import read_checkpoint
 from .device import autocast, resolve_device, setup_backends
 from .ema import ModelEma
 from .evaluator import evaluate
+from .faults import (
+    LoaderCrashed,
+    LoaderFailed,
+    TrainingDiverged,
+    agreed_signal,
+    any_rank,
+    freeze_batchnorm,
+    grads_finite,
+    guarded,
+    is_worker_crash,
+)
 from .optim import build_optimizer, build_scheduler, param_groups
 from .progress import TrainProgress
 from .rundir import append_jsonl, make_run_dir, mark_latest
 from .setup import open_and_resolve, second_stream, setup_data
 from .state import build_checkpoint, restore_rng, save_run_checkpoint
-
-
-class TrainingDiverged(ImgclsError):
-    exit_code = 3
 
 
 class Interrupted(Exception):
@@ -91,6 +99,9 @@ class Trainer:
             model.to(memory_format=torch.channels_last)
         self.model = model  # unwrapped: what checkpoints hold
         self.train_model = model
+        if dist.is_dist() and cfg.train.sync_bn and self.device.type != "cuda":
+            raise ImgclsError("--sync-bn: SyncBatchNorm needs CUDA devices (PyTorch has no CPU version); on CPU "
+                              "leave it off or use --set train.freeze_bn=true")
         if dist.is_dist():
             if cfg.train.sync_bn:
                 self.train_model = torch.nn.SyncBatchNorm.convert_sync_batchnorm(self.train_model)
@@ -105,7 +116,8 @@ class Trainer:
         groups = param_groups(model, oc.weight_decay, oc.no_wd_bn_bias, self.task.trainable_parameters())
         groups += self.task.param_groups(oc.lr)
         self.optimizer = build_optimizer(oc, groups, self.device)
-        self.steps_per_epoch = max(1, self._batches_per_epoch() // oc.accum_steps)
+        self.batches_per_epoch = self._batches_per_epoch()  # before any mid-epoch position shortens the sampler
+        self.steps_per_epoch = max(1, self.batches_per_epoch // oc.accum_steps)
         self.scheduler = build_scheduler(self.optimizer, oc, self.steps_per_epoch, cfg.train.epochs)
         fp16 = self.device.type == "cuda" and cfg.train.amp and cfg.train.amp_dtype == "fp16"
         self.scaler = torch.amp.GradScaler(self.device.type, enabled=fp16)
@@ -144,7 +156,8 @@ class Trainer:
 
     def _batches_per_epoch(self) -> int:
         n = len(self.data.train_loader)
-        return min(n, self.cfg.train.steps_per_epoch * self.cfg.optim.accum_steps) if self.cfg.train.steps_per_epoch else n
+        cap = self.cfg.train.steps_per_epoch
+        return min(n, cap * self.cfg.optim.accum_steps) if cap else n
 
     def _restore(self, st: dict[str, Any]) -> None:
         self.model.load_state_dict(st.get("train_model", st["model"]))
@@ -158,7 +171,8 @@ class Trainer:
             self.ema.load_state_dict(st["ema"])
         for m, sd in zip(self.task.loss_modules(), st.get("loss_modules", []), strict=False):
             m.load_state_dict(sd)
-        self.start_epoch, self.position = int(st["epoch"]), int(st.get("position", 0))
+        # `position` is stored as items consumed by all ranks together, so a run resumes on any world size
+        self.start_epoch, self.position = int(st["epoch"]), int(st.get("position", 0)) // dist.world_size()
         self.best, self.best_epoch = float(st.get("best_top1", -1.0)), int(st.get("best_epoch", -1))
         self.global_step = int(st.get("global_step", 0))
         restore_rng(st.get("rng"))
@@ -197,7 +211,7 @@ class Trainer:
                     res = self.evaluate()
                     last_top1 = res.top1
                     record.update(val_top1=res.top1, val_top5=res.top5, val_loss=res.loss_sum / max(1, res.n),
-                                  val_mean_class_acc=res.mean_class_acc)
+                                  val_mean_class_acc=res.mean_class_acc, val_n=res.n)
                     is_best = res.top1 > self.best
                     if is_best:
                         self.best, self.best_epoch = res.top1, epoch + 1
@@ -212,6 +226,7 @@ class Trainer:
         finally:
             for s, h in old.items():
                 signal.signal(s, h)
+        dist.cleanup()
         return TrainResult(self.run_dir, self.best, last_top1, self.best_epoch, epoch + 1, cfg)
 
     def evaluate(self):
@@ -228,9 +243,10 @@ class Trainer:
         return res
 
     def _save(self, epoch: int, position: int, is_best: bool) -> None:
+        """`position`: items this rank has consumed in `epoch`; stored as the all-ranks count."""
         if not dist.is_main():
             return
-        ckpt = build_checkpoint(self, epoch, position)
+        ckpt = build_checkpoint(self, epoch, position * dist.world_size())
         save_run_checkpoint(self.run_dir, ckpt, is_best=is_best, keep=self.cfg.train.keep_checkpoints)
 
     def _log_epoch(self, r: dict[str, Any]) -> None:
@@ -239,11 +255,25 @@ class Trainer:
                            f"  train acc {r['train_acc']:.2f}%{val}  lr {r['lr']:.4g}"
                            f"  {r['img_per_s']:.0f} img/s  {r['time_s']:.1f}s")
 
+    def _bad_step(self, bad_steps: int, epoch: int, i: int, items_done: int, what: str) -> int:
+        """Skip a step with a non-finite loss or gradient; stop after train.max_bad_steps in a row."""
+        self.optimizer.zero_grad(set_to_none=True)
+        if dist.is_main():
+            self.console.print(f"[yellow]non-finite {what} at epoch {epoch + 1} step {i + 1}: step skipped[/yellow]")
+        if bad_steps >= self.cfg.train.max_bad_steps:
+            self._save(epoch, items_done, is_best=False)
+            raise TrainingDiverged(
+                f"training diverged: {bad_steps} consecutive non-finite steps at epoch {epoch + 1}"
+                f" (train.max_bad_steps); last good weights saved in {self.run_dir} (lower --lr?)")
+        return bad_steps
+
     # ------------------------------------------------------------------------------------
     def _train_epoch(self, epoch: int) -> dict[str, Any]:
         cfg, dev = self.cfg, self.device
         self.model.train()
         self.task.on_epoch_start(epoch)
+        if cfg.train.freeze_bn:
+            freeze_batchnorm(self.model)
         frozen = epoch < cfg.train.freeze_backbone_epochs
         if cfg.train.freeze_backbone_epochs:
             from ..models.build import meta
@@ -257,10 +287,10 @@ class Trainer:
         if self.second is not None:  # Task.second_sampler (BBN): a second stream, batch for batch
             self.second[0].set_epoch(epoch)
             self.second[0].set_position(position)
-            loader = zip(loader, self.second[1])
+            loader = zip(loader, self.second[1], strict=False)
         self.position = 0
         bs, accum = cfg.train.batch_size, cfg.optim.accum_steps
-        max_batches = self._batches_per_epoch() - position // bs
+        max_batches = self.batches_per_epoch - position // bs
         loss_sum = torch.zeros((), device=dev)
         correct = torch.zeros((), device=dev, dtype=torch.long)
         seen = torch.zeros((), device=dev, dtype=torch.long)
@@ -271,74 +301,83 @@ class Trainer:
                                  enabled=cfg.train.progress and dist.is_main())
         items_done = position
         with progress:
-            for i, batch in enumerate(loader):
-                batch, batch2 = batch if self.second is not None else (batch, None)
-                if i >= max_batches:
-                    break
-                items_done += bs
-                if batch["bad"]:
-                    self._report_bad(batch["bad"])
-                if batch["images"] is None:
-                    continue
-                x = self.data.normalizer(batch["images"])  # (B, 3, H, W) float
-                y = batch["targets"].to(dev, non_blocking=True)  # (B,)
-                soft = None
-                if self.mixer is not None:
-                    mix_gen.manual_seed(hash((cfg.train.seed, epoch, items_done)) % 2**62)
-                    x, soft = self.mixer(x, y, mix_gen)
-                step_batch = {"images": x, "targets": y, "soft": soft, "epoch": epoch, "indices": batch["indices"]}
-                if batch2 is not None:
-                    if batch2["bad"]:
-                        self._report_bad(batch2["bad"])
-                    if batch2["images"] is None:
+            try:
+                for i, batch in enumerate(guarded(loader)):
+                    batch, batch2 = batch if self.second is not None else (batch, None)
+                    if i >= max_batches:
+                        break
+                    items_done += bs
+                    if batch["bad"]:
+                        self._report_bad(batch["bad"])
+                    if batch["images"] is None:
                         continue
-                    step_batch["images2"] = self.data.normalizer(batch2["images"])  # (B2, 3, H, W)
-                    step_batch["targets2"] = batch2["targets"].to(dev, non_blocking=True)  # (B2,)
-                with amp:
-                    out = self.task.train_step(step_batch)
-                loss = out["loss"]
-                if not bool(torch.isfinite(loss)):
-                    bad_steps += 1
-                    self.optimizer.zero_grad(set_to_none=True)
-                    if dist.is_main():
-                        self.console.print(f"[yellow]non-finite loss at epoch {epoch + 1} step {i + 1}: step skipped[/yellow]")
-                    if bad_steps >= cfg.train.max_bad_steps:
-                        self._save(epoch, position, is_best=False)
-                        raise TrainingDiverged(
-                            f"training diverged: {bad_steps} consecutive non-finite losses at epoch {epoch + 1};"
-                            f" last good weights saved in {self.run_dir / 'last.pt'} (lower --lr?)")
-                    continue
-                bad_steps = 0
-                self.scaler.scale(loss / accum).backward()
-                self.task.after_backward()
-                if (i + 1) % accum == 0:
-                    if cfg.optim.grad_clip:
-                        self.scaler.unscale_(self.optimizer)
-                        torch.nn.utils.clip_grad_norm_(self.model.parameters(), cfg.optim.grad_clip)
-                    self.scaler.step(self.optimizer)
-                    self.scaler.update()
-                    self.optimizer.zero_grad(set_to_none=True)
-                    self.scheduler.step()
-                    self.task.after_step()
-                    self.global_step += 1
-                    if self.ema is not None:
-                        self.ema.update(self.model)
-                b = y.shape[0]
-                n_images += b
-                loss_sum += loss.detach().float() * b
-                correct += (out["logits"].detach().argmax(1) == (soft.argmax(1) if soft is not None else y)).sum()
-                seen += b
-                if (i + 1) % cfg.train.log_every == 0 or i + 1 == max_batches:
-                    el = time.perf_counter() - t0
-                    s = int(seen)
-                    progress.update(i + 1, loss=float(loss_sum) / max(1, s), acc=float(correct) / max(1, s) * 100,
-                                    lr=self.optimizer.param_groups[0]["lr"], ips=n_images / max(el, 1e-9))
-                if self.stop_signal is not None:
-                    self._save(epoch, items_done, is_best=False)
-                    if dist.is_main():
-                        self.console.print(f"stopped by signal {self.stop_signal}: checkpoint saved to"
-                                           f" {self.run_dir / 'last.pt'} (resume with --resume {self.run_dir})")
-                    raise Interrupted(self.stop_signal)
+                    x = self.data.normalizer(batch["images"])  # (B, 3, H, W) float
+                    y = batch["targets"].to(dev, non_blocking=True)  # (B,)
+                    soft = None
+                    if self.mixer is not None:
+                        mix_gen.manual_seed(hash((cfg.train.seed, epoch, items_done)) % 2**62)
+                        x, soft = self.mixer(x, y, mix_gen)
+                    step_batch = {"images": x, "targets": y, "soft": soft, "epoch": epoch, "indices": batch["indices"]}
+                    if batch2 is not None:
+                        if batch2["bad"]:
+                            self._report_bad(batch2["bad"])
+                        if batch2["images"] is None:
+                            continue
+                        step_batch["images2"] = self.data.normalizer(batch2["images"])  # (B2, 3, H, W)
+                        step_batch["targets2"] = batch2["targets"].to(dev, non_blocking=True)  # (B2,)
+                    with amp:
+                        out = self.task.train_step(step_batch)
+                    loss = out["loss"]
+                    if any_rank(not bool(torch.isfinite(loss)), dev):  # all ranks skip together under DDP
+                        bad_steps = self._bad_step(bad_steps + 1, epoch, i, items_done, "loss")
+                        continue
+                    self.scaler.scale(loss / accum).backward()
+                    self.task.after_backward()
+                    if (i + 1) % accum == 0:
+                        # a finite loss can still give inf/NaN gradients; GradScaler (fp16) handles its own
+                        if not self.scaler.is_enabled() and not grads_finite(self.model.parameters()):
+                            bad_steps = self._bad_step(bad_steps + 1, epoch, i, items_done, "gradient")
+                            continue
+                        bad_steps = 0
+                        if cfg.optim.grad_clip:
+                            self.scaler.unscale_(self.optimizer)
+                            torch.nn.utils.clip_grad_norm_(self.model.parameters(), cfg.optim.grad_clip)
+                        self.scaler.step(self.optimizer)
+                        self.scaler.update()
+                        self.optimizer.zero_grad(set_to_none=True)
+                        self.scheduler.step()
+                        self.task.after_step()
+                        self.global_step += 1
+                        if self.ema is not None:
+                            self.ema.update(self.model)
+                        if cfg.train.log_steps and dist.is_main():
+                            with open(self.run_dir / "steps.jsonl", "a") as f:
+                                f.write(json.dumps({"step": self.global_step, "epoch": epoch + 1,
+                                                    "loss": float(loss)}) + "\n")
+                    b = y.shape[0]
+                    n_images += b
+                    loss_sum += loss.detach().float() * b
+                    correct += (out["logits"].detach().argmax(1) == (soft.argmax(1) if soft is not None else y)).sum()
+                    seen += b
+                    if (i + 1) % cfg.train.log_every == 0 or i + 1 == max_batches:
+                        el = time.perf_counter() - t0
+                        s = int(seen)
+                        progress.update(i + 1, loss=float(loss_sum) / max(1, s), acc=float(correct) / max(1, s) * 100,
+                                        lr=self.optimizer.param_groups[0]["lr"], ips=n_images / max(el, 1e-9))
+                    signum = agreed_signal(self.stop_signal, dev)
+                    if signum is not None:
+                        self._save(epoch, items_done, is_best=False)
+                        if dist.is_main():
+                            self.console.print(f"stopped by signal {signum}: checkpoint saved to"
+                                               f" {self.run_dir / 'last.pt'} (resume with --resume {self.run_dir})")
+                        raise Interrupted(signum)
+            except LoaderFailed as e:  # the batches trained so far are kept: resume continues after them
+                self._save(epoch, items_done, is_best=False)
+                if not is_worker_crash(e.error):
+                    raise e.error from None
+                first = str(e.error).strip().splitlines()[0]
+                raise LoaderCrashed(f"data loading failed: {first[:160]}; checkpoint saved in {self.run_dir} (resume"
+                                    f" with --resume {self.run_dir}; fewer --workers if memory is short)") from None
         el = time.perf_counter() - t0
         s = max(1, int(seen))
         return {"train_loss": float(loss_sum) / s, "train_acc": float(correct) / s * 100,

@@ -1,0 +1,89 @@
+"""Fault handling helpers for the training loop: non-finite steps, loader crashes, frozen BatchNorm.
+
+Under DDP every decision that changes control flow (skip a step, stop on a signal) is agreed by
+all ranks through one all-reduce, so no rank waits forever in a collective another rank skipped.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Iterator
+from typing import Any
+
+import torch
+from torch import nn
+
+from ..errors import ImgclsError
+from . import distributed as dist
+
+
+class TrainingDiverged(ImgclsError):
+    """K consecutive non-finite steps; the last good weights are in last.pt (exit status 3)."""
+
+    exit_code = 3
+
+
+class LoaderCrashed(ImgclsError):
+    """A DataLoader worker died (killed, out of memory, segfault); a checkpoint was saved (exit status 4)."""
+
+    exit_code = 4
+
+
+class LoaderFailed(Exception):
+    """Raised by `guarded` so the trainer can tell loader failures from model failures."""
+
+    def __init__(self, error: BaseException):
+        super().__init__(str(error))
+        self.error = error
+
+
+def guarded(batches: Iterable[Any]) -> Iterator[Any]:
+    """Iterate a DataLoader; any exception it raises comes out wrapped in `LoaderFailed`."""
+    it = iter(batches)
+    while True:
+        try:
+            batch = next(it)
+        except StopIteration:
+            return
+        except Exception as e:  # worker death, a dataset bug, shared-memory exhaustion, ...
+            raise LoaderFailed(e) from e
+        yield batch
+
+
+def is_worker_crash(error: BaseException) -> bool:
+    msg = str(error)
+    return "DataLoader worker" in msg or "worker exited unexpectedly" in msg
+
+
+def any_rank(flag: bool, device: torch.device) -> bool:
+    """True when `flag` is true on any rank (a plain bool when not distributed)."""
+    if not dist.is_dist():
+        return flag
+    return int(dist.all_reduce_max(torch.tensor(int(flag), device=device))) > 0
+
+
+def agreed_signal(signum: int | None, device: torch.device) -> int | None:
+    """The stop signal seen by any rank, or None; all ranks get the same answer."""
+    if not dist.is_dist():
+        return signum
+    v = int(dist.all_reduce_max(torch.tensor(signum or 0, device=device)))
+    return v or None
+
+
+def grads_finite(params: Iterable[nn.Parameter]) -> bool:
+    """All gradients finite (one host sync).  Under DDP gradients are already averaged, so every
+    rank reaches the same answer without a collective."""
+    grads = [p.grad for p in params if p.grad is not None]
+    if not grads:
+        return True
+    norms = torch._foreach_norm(grads)  # list of 0-dim tensors
+    return bool(torch.isfinite(torch.stack(norms)).all())
+
+
+def freeze_batchnorm(model: nn.Module) -> int:
+    """Put every BatchNorm layer in eval mode (running statistics used and kept); returns how many."""
+    n = 0
+    for m in model.modules():
+        if isinstance(m, nn.modules.batchnorm._BatchNorm):
+            m.eval()
+            n += 1
+    return n
