@@ -1,0 +1,175 @@
+"""The image operations of the AutoAugment family on uint8 (H, W, 3) numpy arrays, with OpenCV/numpy.
+
+Semantics and magnitudes follow torchvision's `transforms.autoaugment._apply_op` on uint8 tensors
+(Cubuk et al., "AutoAugment: Learning Augmentation Strategies from Data", arXiv:1805.09501;
+Cubuk et al., "RandAugment", arXiv:1909.13719; Muller & Hutter, "TrivialAugment", arXiv:2103.10158):
+
+- geometric ops use nearest-neighbour sampling and fill 0; shears are about the top-left corner
+  with factor tan(atan(m)) = m (torchvision's reading of the official (1, m, 0, 0, 1, 0) PIL
+  transform), rotations are counter-clockwise about the image centre;
+- colour ops blend with a degenerate image, out = clip(f * img + (1 - f) * degenerate) with
+  f = 1 + magnitude, truncated to uint8 as torchvision's tensor path does;
+- point operations are applied through 256-entry lookup tables (cv2.LUT), which is why this path
+  is several times faster than PIL/tensor implementations.
+
+Deliberate deviation: OpenCV's nearest-neighbour rounding differs from `grid_sample` at exact
+half-pixel positions, so a few border pixels of geometric ops can differ from torchvision.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+
+import cv2
+import numpy as np
+
+_RAMP = np.arange(256, dtype=np.float32)  # (256,)
+
+
+def _lut(img: np.ndarray, table: np.ndarray) -> np.ndarray:
+    return cv2.LUT(img, np.clip(table, 0, 255).astype(np.uint8))
+
+
+def _gray(img: np.ndarray) -> np.ndarray:
+    # ITU-R 601-2 luma as torchvision's rgb_to_grayscale, truncated to uint8, as float32 (H, W)
+    f = img.astype(np.float32)
+    return np.floor(0.2989 * f[..., 0] + 0.587 * f[..., 1] + 0.114 * f[..., 2])
+
+
+def _blend(img: np.ndarray, degenerate: np.ndarray, factor: float) -> np.ndarray:
+    out = factor * img.astype(np.float32) + (1.0 - factor) * degenerate
+    return np.clip(out, 0, 255).astype(np.uint8)  # astype truncates, as torch's .to(uint8)
+
+
+def _warp(img: np.ndarray, inverse: np.ndarray) -> np.ndarray:
+    """Sample img at inverse @ (x, y, 1) for every output pixel (pixel centres at integer coordinates)."""
+    h, w = img.shape[:2]
+    return cv2.warpAffine(img, inverse.astype(np.float64), (w, h), flags=cv2.INTER_NEAREST | cv2.WARP_INVERSE_MAP,
+                          borderMode=cv2.BORDER_CONSTANT, borderValue=(0, 0, 0))
+
+
+def shear_x(img: np.ndarray, m: float) -> np.ndarray:
+    # x_in = x_out + m * (y_out + 1/2): shear about the top-left corner (pixel centre 0 sits at 1/2)
+    return _warp(img, np.array([[1.0, m, 0.5 * m], [0.0, 1.0, 0.0]]))
+
+
+def shear_y(img: np.ndarray, m: float) -> np.ndarray:
+    return _warp(img, np.array([[1.0, 0.0, 0.0], [m, 1.0, 0.5 * m]]))
+
+
+def translate_x(img: np.ndarray, m: float) -> np.ndarray:
+    return _warp(img, np.array([[1.0, 0.0, -float(int(m))], [0.0, 1.0, 0.0]]))
+
+
+def translate_y(img: np.ndarray, m: float) -> np.ndarray:
+    return _warp(img, np.array([[1.0, 0.0, 0.0], [0.0, 1.0, -float(int(m))]]))
+
+
+def rotate(img: np.ndarray, degrees: float) -> np.ndarray:
+    h, w = img.shape[:2]
+    fwd = cv2.getRotationMatrix2D(((w - 1) * 0.5, (h - 1) * 0.5), degrees, 1.0)  # counter-clockwise, (2, 3)
+    return _warp(img, cv2.invertAffineTransform(fwd))
+
+
+def brightness(img: np.ndarray, m: float) -> np.ndarray:
+    return _lut(img, np.floor(_RAMP * (1.0 + m)))  # blend with black
+
+
+def color(img: np.ndarray, m: float) -> np.ndarray:
+    return _blend(img, _gray(img)[..., None], 1.0 + m)  # blend with the grey image
+
+
+def contrast(img: np.ndarray, m: float) -> np.ndarray:
+    f = 1.0 + m
+    return _lut(img, np.floor(f * _RAMP + (1.0 - f) * float(_gray(img).mean())))  # blend with the mean grey
+
+
+def sharpness(img: np.ndarray, m: float) -> np.ndarray:
+    # degenerate = 3x3 smoothing [[1,1,1],[1,5,1],[1,1,1]] / 13, rounded; the one-pixel border keeps the input
+    kernel = np.ones((3, 3), np.float32)
+    kernel[1, 1] = 5.0
+    blurred = cv2.filter2D(img.astype(np.float32), -1, kernel / 13.0, borderType=cv2.BORDER_REFLECT)
+    degenerate = img.astype(np.float32)
+    degenerate[1:-1, 1:-1] = np.round(blurred[1:-1, 1:-1])
+    return _blend(img, degenerate, 1.0 + m)
+
+
+def posterize(img: np.ndarray, bits: float) -> np.ndarray:
+    mask = (0xFF << (8 - int(bits))) & 0xFF
+    return np.bitwise_and(img, np.uint8(mask))
+
+
+def solarize(img: np.ndarray, threshold: float) -> np.ndarray:
+    return _lut(img, np.where(_RAMP >= threshold, 255.0 - _RAMP, _RAMP))
+
+
+def autocontrast(img: np.ndarray, _m: float = 0.0) -> np.ndarray:
+    lo = img.min(axis=(0, 1)).astype(np.float32)  # (3,)
+    hi = img.max(axis=(0, 1)).astype(np.float32)  # (3,)
+    flat = hi == lo
+    scale = np.where(flat, 1.0, 255.0 / np.where(flat, 1.0, hi - lo))
+    lo = np.where(flat, 0.0, lo)
+    return np.clip((img.astype(np.float32) - lo) * scale, 0, 255).astype(np.uint8)
+
+
+def _equalize_channel(ch: np.ndarray) -> np.ndarray:
+    # PIL's ImageOps.equalize (torchvision's tensor `_scale_channel`): step from all but the last used bin
+    hist = np.bincount(ch.ravel(), minlength=256)  # (256,)
+    nonzero = hist[hist != 0]
+    step = int(nonzero[:-1].sum()) // 255
+    if step == 0:
+        return ch
+    lut = (np.cumsum(hist) + step // 2) // step
+    lut = np.concatenate([[0], lut[:-1]]).clip(0, 255).astype(np.uint8)
+    return lut[ch]
+
+
+def equalize(img: np.ndarray, _m: float = 0.0) -> np.ndarray:
+    return np.stack([_equalize_channel(img[..., c]) for c in range(img.shape[2])], axis=2)
+
+
+def invert(img: np.ndarray, _m: float = 0.0) -> np.ndarray:
+    return 255 - img
+
+
+def identity(img: np.ndarray, _m: float = 0.0) -> np.ndarray:
+    return img
+
+
+OPS: dict[str, Callable[[np.ndarray, float], np.ndarray]] = {
+    "ShearX": shear_x, "ShearY": shear_y, "TranslateX": translate_x, "TranslateY": translate_y, "Rotate": rotate,
+    "Brightness": brightness, "Color": color, "Contrast": contrast, "Sharpness": sharpness, "Posterize": posterize,
+    "Solarize": solarize, "AutoContrast": autocontrast, "Equalize": equalize, "Invert": invert, "Identity": identity,
+}
+
+
+def magnitude_bins(op: str, num_bins: int, height: int, width: int, wide: bool = False) -> tuple[np.ndarray, bool]:
+    """(magnitudes (num_bins,), signed) of an op, as torchvision's `_augmentation_space` (wide: TrivialAugment)."""
+    lin = np.linspace
+    top = 0.99 if wide else 0.3
+    level = 0.99 if wide else 0.9
+    post_div = 6 if wide else 4
+    table: dict[str, tuple[np.ndarray, bool]] = {
+        "ShearX": (lin(0.0, top, num_bins), True),
+        "ShearY": (lin(0.0, top, num_bins), True),
+        "TranslateX": (lin(0.0, 32.0 if wide else 150.0 / 331.0 * width, num_bins), True),
+        "TranslateY": (lin(0.0, 32.0 if wide else 150.0 / 331.0 * height, num_bins), True),
+        "Rotate": (lin(0.0, 135.0 if wide else 30.0, num_bins), True),
+        "Brightness": (lin(0.0, level, num_bins), True),
+        "Color": (lin(0.0, level, num_bins), True),
+        "Contrast": (lin(0.0, level, num_bins), True),
+        "Sharpness": (lin(0.0, level, num_bins), True),
+        "Posterize": (8 - np.round(np.arange(num_bins) / ((num_bins - 1) / post_div)), False),
+        "Solarize": (lin(255.0, 0.0, num_bins), False),
+    }
+    return table.get(op, (np.zeros(num_bins), False))
+
+
+def apply_op(img: np.ndarray, op: str, magnitude: float) -> np.ndarray:
+    return OPS[op](img, magnitude)
+
+
+def shear_degrees(m: float) -> float:
+    """The shear angle torchvision passes to F.affine for magnitude m (for tests/reference)."""
+    return math.degrees(math.atan(m))
