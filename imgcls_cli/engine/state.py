@@ -53,7 +53,7 @@ def build_checkpoint(trainer: Any, epoch: int, position: int) -> dict[str, Any]:
         "scaler": trainer.scaler.state_dict() if trainer.scaler.is_enabled() else {},
         "loss_modules": [m.state_dict() for m in trainer.task.loss_modules()],
         "rng": rng_state(),
-        "torch_version": torch.__version__,
+        "torch_version": str(torch.__version__),  # TorchVersion is not weights_only-loadable
     }
     if trainer.ema is not None:
         ckpt["train_model"] = trainer.model.state_dict()
