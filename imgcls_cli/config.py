@@ -122,6 +122,16 @@ class ModelConfig(Frozen):
             raise ValueError("model.cbam_kernel must be odd")
         return v
 
+    @model_validator(mode="after")
+    def _attn_options(self) -> ModelConfig:
+        # an attention option the chosen module does not use would be silently ignored: refuse it
+        used = set(ALL["attn"].meta(self.attn).get("options", {})) if self.attn != "none" else set()
+        for name in ("reduction", "cbam_kernel", "nonlocal_blocks"):
+            if name not in used and getattr(self, name) != type(self).model_fields[name].default:
+                users = [a for a in ALL["attn"].names() if name in ALL["attn"].meta(a).get("options", {})]
+                raise ValueError(f"model.{name} is used only by --attn {'|'.join(users)}, not --attn {self.attn}")
+        return self
+
 
 class LossConfig(Frozen):
     name: str = "ce"
