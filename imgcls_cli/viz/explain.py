@@ -1,0 +1,111 @@
+"""Activation maps for image files with a checkpoint: what `imgcls cam` does, callable from Python.
+
+Preprocessing: the image is resized exactly as the checkpoint's evaluation pipeline resizes it
+(shorter side to img_size / crop_pct) but NOT centre-cropped, so the map covers the whole photo
+and maps back to the original H x W exactly (bilinear); the model sees objects at the scale it was
+evaluated at.  Normalisation is the checkpoint's mean/std.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from ..data.decode import IMAGE_EXTS, BadImage, decode_file
+from ..engine.checkpoint import Checkpoint
+from ..errors import ImgclsError
+from .cam import cam
+
+
+@dataclass
+class ClassMap:
+    index: int
+    name: str
+    prob: float
+    heat: np.ndarray  # (H, W) float32 in [0, 1], the original image's size
+
+
+@dataclass
+class Explanation:
+    path: Path
+    image: np.ndarray  # (H, W, 3) uint8
+    pred: int
+    pred_name: str
+    pred_prob: float
+    maps: list[ClassMap]
+
+
+def collect_images(inputs: list[Path]) -> list[Path]:
+    """Files as given; folders expanded to their image files (recursively, sorted)."""
+    files: list[Path] = []
+    for p in inputs:
+        if p.is_dir():
+            found = sorted(f for f in p.rglob("*") if f.is_file() and f.suffix.lower() in IMAGE_EXTS)
+            if not found:
+                raise ImgclsError(f"IMAGE {p}: folder holds no images ({', '.join(sorted(IMAGE_EXTS))})")
+            files += found
+        elif p.is_file():
+            files.append(p)
+        else:
+            raise ImgclsError(f"IMAGE {p}: no such file or folder")
+    if not files:
+        raise ImgclsError("IMAGE: give at least one image file or folder")
+    return files
+
+
+def parse_class(value: str, class_names: list[str]) -> int:
+    """--target-class: a class index or a class name."""
+    if value in class_names:
+        return class_names.index(value)
+    if value.lstrip("-").isdigit():
+        k = int(value)
+        if 0 <= k < len(class_names):
+            return k
+        raise ImgclsError(f"--target-class {k}: out of range; valid: 0..{len(class_names) - 1} or a class name")
+    shown = ", ".join(class_names[:20]) + (", ..." if len(class_names) > 20 else "")
+    raise ImgclsError(f"--target-class {value!r}: not a class of this checkpoint; valid: 0..{len(class_names) - 1} "
+                      f"or one of {shown}")
+
+
+def preprocess(image: np.ndarray, ckpt: Checkpoint, device: torch.device) -> torch.Tensor:
+    """uint8 (H, W, 3) -> normalised (1, 3, h, w): the eval transform's resize (cv2 bilinear), no crop."""
+    cfg = ckpt.config
+    img_size = cfg.data.img_size or 224
+    short = int(round(img_size / cfg.aug.eval_crop_pct))
+    import albumentations as A
+    import cv2
+
+    resized = A.SmallestMaxSize(max_size=short, interpolation=cv2.INTER_LINEAR)(image=image)["image"]  # eval resize
+    x = torch.from_numpy(np.array(resized)).permute(2, 0, 1)[None].float()  # (1, 3, h, w)
+    mean = torch.tensor(ckpt.mean).view(1, 3, 1, 1) * 255.0  # (1, 3, 1, 1)
+    std = torch.tensor(ckpt.std).view(1, 3, 1, 1) * 255.0
+    return ((x - mean) / std).to(device)
+
+
+def explain_file(path: Path, ckpt: Checkpoint, method: str = "gradcam", classes: list[int] | None = None,
+                 topk: int = 1, layer: str | None = None, device: str | torch.device = "cpu") -> Explanation:
+    """Maps for one image: the given classes, else the top-k predicted classes."""
+    dev = torch.device(device)
+    try:
+        image = decode_file(path, ckpt.config.data.decoder)
+    except BadImage as e:
+        raise ImgclsError(f"IMAGE {path}: {e}") from None
+    x = preprocess(image, ckpt, dev)
+    with torch.no_grad():
+        probs = ckpt.model.eval()(x).float().softmax(1)[0]  # (C,)
+    pred = int(probs.argmax())
+    if classes is None:
+        if not 1 <= topk <= len(ckpt.class_names):
+            raise ImgclsError(f"--topk {topk}: must be in 1..{len(ckpt.class_names)} (the number of classes)")
+        classes = probs.topk(topk).indices.tolist()
+    h, w = image.shape[:2]
+    xs = x.expand(len(classes), -1, -1, -1)  # (K, 3, h, w): one pass for all requested classes
+    heat = cam(ckpt.model, xs, method=method, target=classes, layer=layer)  # (K, h, w) in [0, 1]
+    heat = F.interpolate(heat[:, None], size=(h, w), mode="bilinear", align_corners=False)[:, 0]  # (K, H, W)
+    heat = heat.clamp(0, 1).cpu().numpy().astype(np.float32)
+    maps = [ClassMap(k, ckpt.class_names[k], float(probs[k]), heat[i]) for i, k in enumerate(classes)]
+    return Explanation(path, image, pred, ckpt.class_names[pred], float(probs[pred]), maps)
