@@ -7,6 +7,7 @@ cannot be decoded raises `BadImage` with the reason, so data sets can skip it an
 
 from __future__ import annotations
 
+import re
 import warnings
 from pathlib import Path
 
@@ -68,8 +69,11 @@ def decode_bytes(buf: bytes, name: str = "image", decoder: str = "auto") -> np.n
         raise BadImage(f"over the decompression-bomb limit ({e})") from None
     except Image.DecompressionBombError as e:
         raise BadImage(f"over the decompression-bomb limit ({e})") from None
+    except Image.UnidentifiedImageError:
+        raise BadImage("not an image file (no known image format in its bytes)") from None
     except (OSError, SyntaxError, ValueError) as e:
-        raise BadImage(f"cannot decode ({type(e).__name__}: {str(e)[:100]})") from None
+        msg = re.sub(r"\s*<[^>]* at 0x[0-9a-f]+>", "", str(e))[:100]  # no object addresses: stable reasons
+        raise BadImage(f"cannot decode ({type(e).__name__}: {msg})") from None
 
 
 def decode_file(path: str | Path, decoder: str = "auto") -> np.ndarray:

@@ -130,7 +130,7 @@ class Trainer:
         self.start_epoch, self.position, self.best, self.best_epoch = 0, 0, -1.0, -1
         self.global_step = 0
         self.run_dir = make_run_dir(cfg, resuming=self.resume_state is not None) if dist.is_main() else None
-        self.bad_reported: set[int] = set()
+        self.bad_reported: set[str] = set()  # by reason text (it names the file): indices repeat across splits
         self.stop_signal: int | None = None
         if self.resume_state is not None:
             self._restore(self.resume_state)
@@ -184,9 +184,9 @@ class Trainer:
         self.stop_signal = signum
 
     def _report_bad(self, bad: list[tuple[int, str]]) -> None:
-        for idx, reason in bad:
-            if idx not in self.bad_reported:
-                self.bad_reported.add(idx)
+        for _idx, reason in bad:
+            if reason not in self.bad_reported:
+                self.bad_reported.add(reason)
                 if dist.is_main():
                     self.console.print(f"[yellow]skipped unreadable image[/yellow] {reason}")
 
