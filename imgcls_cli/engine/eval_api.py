@@ -64,6 +64,12 @@ def evaluate_checkpoint(path: str | Path, data: str | None = None, split: str | 
     bad: list[str] = []
 
     def logits_fn(x: torch.Tensor) -> torch.Tensor:
+        if getattr(logits_transform, "wants_features", False):  # tau-norm / NCM replace the final layer
+            from ..models.build import forward_with_features
+
+            with amp:
+                z, feats = forward_with_features(ckpt.model, x)  # (B, C), (B, D)
+            return logits_transform(z, feats)
         with amp:
             z = task.eval_logits(ckpt.model, x)
         return logits_transform(z) if logits_transform is not None else z
