@@ -14,7 +14,7 @@ from typer.testing import CliRunner
 import imgcls_cli as ic
 from imgcls_cli.config import load_components
 from imgcls_cli.errors import ImgclsError
-from imgcls_cli.registry import ATTENTION, BACKBONES, CAM_METHODS, HEADS
+from imgcls_cli.registry import ATTENTION, BACKBONES, CAM_METHODS, HEADS, METHODS
 from imgcls_cli.viz.cam import count_hooks
 from tests.conftest import make_folder_dataset, quick_overrides
 
@@ -153,6 +153,30 @@ def test_every_family_attention_head_gives_finite_maps(backbone: str, attn: str,
         assert maps.shape == (2, 32, 32) and maps.isfinite().all()
         assert 0.0 <= float(maps.min()) and float(maps.max()) <= 1.0
         assert count_hooks(model) == 0
+
+
+@pytest.mark.parametrize("method", METHODS.names())
+def test_every_training_method_model_gives_maps(method: str) -> None:
+    """Models of every training method (BBN, WS-DAN, ...) explain with Grad-CAM; other CAM methods
+    either work or refuse with a one-line ImgclsError."""
+    from imgcls_cli.config import build_config
+    from imgcls_cli.methods import build_task_model
+
+    try:
+        ov = {"train.method": method, "model.backbone": "resnet20", "train.init_from": "stage1.pt"}
+        cfg = build_config(None, ov)
+        model = build_task_model(cfg, 4, [8, 6, 4, 2], for_inference=True)
+    except ImgclsError as e:
+        pytest.skip(str(e))
+    x = torch.randn(2, 3, 32, 32)
+    assert ic.cam(model, x, method="gradcam").isfinite().all()
+    for name in CAM_METHODS.names():
+        try:
+            maps = ic.cam(model, x, method=name)
+        except ImgclsError:
+            continue
+        assert maps.shape == (2, 32, 32) and maps.isfinite().all()
+    assert count_hooks(model) == 0
 
 
 def test_hooks_released_and_memory_flat_over_many_calls() -> None:
