@@ -36,7 +36,8 @@ def bilinear_pool(x: torch.Tensor, y: torch.Tensor | None = None, eps: float = S
     """(B, C1, H, W), (B, C2, H, W) -> (B, C1*C2) signed-sqrt, L2-normalised bilinear feature."""
     y = x if y is None else y
     if x.shape[0] != y.shape[0] or x.shape[-2:] != y.shape[-2:]:
-        raise ImgclsError(f"--head bilinear: the two streams' feature maps differ ({tuple(x.shape)} vs {tuple(y.shape)})")
+        raise ImgclsError(f"--head bilinear: the two streams' feature maps differ in batch or size"
+                          f" ({tuple(x.shape)} vs {tuple(y.shape)})")
     b, c1, h, w = x.shape
     with torch.autocast(x.device.type, enabled=False):
         xf = x.float().reshape(b, c1, h * w)  # (B, C1, HW)
