@@ -87,3 +87,21 @@ def freeze_batchnorm(model: nn.Module) -> int:
             m.eval()
             n += 1
     return n
+
+
+class BufferGuard:
+    """Undo what a skipped forward pass wrote into buffers (BatchNorm running statistics are updated
+    during the forward, before the loss is known to be NaN; without this one bad batch poisons them)."""
+
+    def __init__(self, model: nn.Module):
+        self.buffers = [b for b in model.buffers() if b is not None]
+        self.saved = [b.detach().clone() for b in self.buffers]
+
+    def snapshot(self) -> None:
+        if self.buffers:
+            torch._foreach_copy_(self.saved, self.buffers)
+
+    def restore(self) -> None:
+        if self.buffers:
+            with torch.no_grad():
+                torch._foreach_copy_(self.buffers, self.saved)

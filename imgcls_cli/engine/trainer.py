@@ -27,6 +27,7 @@ from .device import autocast, resolve_device, setup_backends
 from .ema import ModelEma
 from .evaluator import evaluate
 from .faults import (
+    BufferGuard,
     LoaderCrashed,
     LoaderFailed,
     TrainingDiverged,
@@ -122,6 +123,7 @@ class Trainer:
         fp16 = self.device.type == "cuda" and cfg.train.amp and cfg.train.amp_dtype == "fp16"
         self.scaler = torch.amp.GradScaler(self.device.type, enabled=fp16)
         self.ema = ModelEma(model, oc.ema) if oc.ema else None
+        self.buffer_guard = BufferGuard(model)
         self.mixer = None
         if cfg.aug.mixup > 0 or cfg.aug.cutmix > 0:
             from ..data.mixing import Mixer
@@ -325,10 +327,12 @@ class Trainer:
                             continue
                         step_batch["images2"] = self.data.normalizer(batch2["images"])  # (B2, 3, H, W)
                         step_batch["targets2"] = batch2["targets"].to(dev, non_blocking=True)  # (B2,)
+                    self.buffer_guard.snapshot()
                     with amp:
                         out = self.task.train_step(step_batch)
                     loss = out["loss"]
                     if any_rank(not bool(torch.isfinite(loss)), dev):  # all ranks skip together under DDP
+                        self.buffer_guard.restore()  # the NaN forward already wrote BN running statistics
                         bad_steps = self._bad_step(bad_steps + 1, epoch, i, items_done, "loss")
                         continue
                     self.scaler.scale(loss / accum).backward()
@@ -353,7 +357,7 @@ class Trainer:
                         if cfg.train.log_steps and dist.is_main():
                             with open(self.run_dir / "steps.jsonl", "a") as f:
                                 f.write(json.dumps({"step": self.global_step, "epoch": epoch + 1,
-                                                    "loss": float(loss)}) + "\n")
+                                                    "loss": float(loss.detach())}) + "\n")
                     b = y.shape[0]
                     n_images += b
                     loss_sum += loss.detach().float() * b

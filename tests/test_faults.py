@@ -1,0 +1,133 @@
+"""Issue 12, faults during training: non-finite steps, SIGTERM/SIGINT, DataLoader worker death,
+and exact mid-epoch resume on CPU (per-step losses of interrupted + resumed == uninterrupted)."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+from torch.utils.data import get_worker_info
+
+import imgcls_cli as ic
+from imgcls_cli.data.dataset import ImageDataset
+from imgcls_cli.data.loader import DeviceNormalizer
+from imgcls_cli.engine.checkpoint import read_checkpoint
+from imgcls_cli.engine.faults import LoaderCrashed, TrainingDiverged
+
+from .conftest import make_folder_dataset, quick_overrides
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def _overrides(data: Path, out: Path, **extra: object) -> dict[str, object]:
+    return quick_overrides(**{"data.path": str(data), "data.img_size": 32, "train.batch_size": 4,
+                              "train.epochs": 2, "train.out": str(out), "train.log_steps": True, **extra})
+
+
+def _losses(run: Path) -> list[float]:
+    return [json.loads(x)["loss"] for x in (run / "steps.jsonl").read_text().splitlines()]
+
+
+@pytest.fixture
+def data(tmp_path: Path) -> Path:
+    return make_folder_dataset(tmp_path / "data", classes=3, train=8, val=2)  # 24 images: 6 steps per epoch
+
+
+def _nan_after(monkeypatch: pytest.MonkeyPatch, bad_calls: set[int] | int) -> None:
+    """Data hook: the normalised batch becomes NaN on the given calls (or from call N on)."""
+    orig, calls = DeviceNormalizer.__call__, [0]
+
+    def hooked(self, images):
+        calls[0] += 1
+        x = orig(self, images)
+        bad = calls[0] >= bad_calls if isinstance(bad_calls, int) else calls[0] in bad_calls
+        return x * float("nan") if bad else x
+
+    monkeypatch.setattr(DeviceNormalizer, "__call__", hooked)
+
+
+def test_nonfinite_steps_skipped_then_training_continues(data: Path, tmp_path: Path,
+                                                         monkeypatch: pytest.MonkeyPatch) -> None:
+    _nan_after(monkeypatch, {3, 4})  # two bad steps in a row, fewer than max_bad_steps=3
+    res = ic.train(**_overrides(data, tmp_path / "run", **{"train.max_bad_steps": 3, "train.epochs": 1}))
+    ckpt = read_checkpoint(res.run_dir / "last.pt")
+    assert ckpt["global_step"] == 6 - 2 and len(_losses(res.run_dir)) == 4
+    assert all(torch.isfinite(v).all() for v in ckpt["model"].values() if v.is_floating_point())
+
+
+def test_k_consecutive_nonfinite_steps_stop_with_last_good_weights(data: Path, tmp_path: Path,
+                                                                   monkeypatch: pytest.MonkeyPatch) -> None:
+    _nan_after(monkeypatch, 3)  # steps 1-2 good, then every step NaN
+    with pytest.raises(TrainingDiverged, match="3 consecutive non-finite") as e:
+        ic.train(**_overrides(data, tmp_path / "run", **{"train.max_bad_steps": 3}))
+    assert e.value.exit_code == 3
+    ckpt = read_checkpoint(tmp_path / "run" / "last.pt")
+    assert ckpt["global_step"] == 2 and ckpt["epoch"] == 0 and ckpt["position"] == 5 * 4
+    assert all(torch.isfinite(v).all() for v in ckpt["model"].values() if v.is_floating_point())
+
+
+def _start_child(overrides: dict[str, object]) -> subprocess.Popen:
+    code = ("import sys, imgcls_cli as ic; ic.train(**eval(sys.argv[1]))")
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1", "PYTHONPATH": str(REPO)}
+    return subprocess.Popen([sys.executable, "-c", code, repr(overrides)], env=env,
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+
+
+def _signal_after_steps(proc: subprocess.Popen, steps_file: Path, n: int, signum: int) -> tuple[int, str]:
+    deadline = time.time() + 120
+    while time.time() < deadline and proc.poll() is None:
+        if steps_file.is_file() and len(steps_file.read_text().splitlines()) >= n:
+            proc.send_signal(signum)
+            break
+        time.sleep(0.02)
+    out, _ = proc.communicate(timeout=120)
+    return proc.returncode, out
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("signum,code", [(signal.SIGTERM, 143), (signal.SIGINT, 130)])
+def test_signal_saves_mid_epoch_and_resume_is_exact(data: Path, tmp_path: Path, signum: int, code: int) -> None:
+    extra = {"aug.mixup": 0.4, "model.drop_rate": 0.2}  # mixing generator and dropout RNG must resume too
+    ref = ic.train(**_overrides(data, tmp_path / "ref", **extra))
+    want = _losses(ref.run_dir)
+    assert len(want) == 12
+    run = tmp_path / "cut"
+    rc, out = _signal_after_steps(_start_child(_overrides(data, run, **extra)), run / "steps.jsonl", 8, signum)
+    assert rc == code, out
+    ckpt = read_checkpoint(run / "last.pt")
+    done = len(_losses(run))
+    assert ckpt["global_step"] == done and 8 <= done < 12, out
+    assert ckpt["epoch"] == 1 and ckpt["position"] == (done - 6) * 4  # mid-epoch 2, sampler position saved
+    assert f"stopped by signal {int(signum)}" in out
+    ic.train(**_overrides(data, run, **{**extra, "train.resume": str(run)}))
+    got = _losses(run)
+    assert got == want, f"resumed after step {done}: per-step losses differ"  # bit-exact on CPU
+    print(f"\n{signal.Signals(signum).name}: stopped after step {done}/12 (exit {rc}), resumed, 12/12 losses equal")
+
+
+def test_dataloader_worker_crash_saves_checkpoint(data: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    orig = ImageDataset.__getitem__
+
+    def dying(self, item):  # a worker is killed (OOM killer, segfault) while loading epoch 2
+        if get_worker_info() is not None and isinstance(item, tuple) and item[1] == 1:
+            os.kill(os.getpid(), signal.SIGKILL)
+        return orig(self, item)
+
+    monkeypatch.setattr(ImageDataset, "__getitem__", dying)
+    run = tmp_path / "run"
+    with pytest.raises(LoaderCrashed) as e:
+        ic.train(**_overrides(data, run, **{"data.workers": 1}))
+    msg = str(e.value)
+    assert e.value.exit_code == 4 and "\n" not in msg and "DataLoader worker" in msg and str(run) in msg
+    ckpt = read_checkpoint(run / "last.pt")
+    assert ckpt["epoch"] == 1 and ckpt["global_step"] == 6
+    monkeypatch.setattr(ImageDataset, "__getitem__", orig)
+    res = ic.train(**_overrides(data, run, **{"data.workers": 1, "train.resume": str(run)}))
+    assert res.epochs_run == 2 and read_checkpoint(run / "last.pt")["global_step"] == 12
