@@ -124,6 +124,7 @@ class Trainer:
         self.scaler = torch.amp.GradScaler(self.device.type, enabled=fp16)
         self.ema = ModelEma(model, oc.ema) if oc.ema else None
         self.buffer_guard = BufferGuard(model)
+        self.bad_steps = 0
         self.mixer = None
         if cfg.aug.mixup > 0 or cfg.aug.cutmix > 0:
             from ..data.mixing import Mixer
@@ -296,7 +297,7 @@ class Trainer:
         loss_sum = torch.zeros((), device=dev)
         correct = torch.zeros((), device=dev, dtype=torch.long)
         seen = torch.zeros((), device=dev, dtype=torch.long)
-        n_images, bad_steps, t0 = 0, 0, time.perf_counter()
+        n_images, t0 = 0, time.perf_counter()
         amp = autocast(dev, cfg.train.amp, cfg.train.amp_dtype)
         mix_gen = torch.Generator(device=dev) if self.mixer is not None else None
         progress = TrainProgress(self.console, epoch, cfg.train.epochs, max_batches,
@@ -333,16 +334,16 @@ class Trainer:
                     loss = out["loss"]
                     if any_rank(not bool(torch.isfinite(loss)), dev):  # all ranks skip together under DDP
                         self.buffer_guard.restore()  # the NaN forward already wrote BN running statistics
-                        bad_steps = self._bad_step(bad_steps + 1, epoch, i, items_done, "loss")
+                        self.bad_steps = self._bad_step(self.bad_steps + 1, epoch, i, items_done, "loss")
                         continue
                     self.scaler.scale(loss / accum).backward()
                     self.task.after_backward()
                     if (i + 1) % accum == 0:
                         # a finite loss can still give inf/NaN gradients; GradScaler (fp16) handles its own
                         if not self.scaler.is_enabled() and not grads_finite(self.model.parameters()):
-                            bad_steps = self._bad_step(bad_steps + 1, epoch, i, items_done, "gradient")
+                            self.bad_steps = self._bad_step(self.bad_steps + 1, epoch, i, items_done, "gradient")
                             continue
-                        bad_steps = 0
+                        self.bad_steps = 0  # consecutive count runs across epoch boundaries
                         if cfg.optim.grad_clip:
                             self.scaler.unscale_(self.optimizer)
                             torch.nn.utils.clip_grad_norm_(self.model.parameters(), cfg.optim.grad_clip)
