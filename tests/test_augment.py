@@ -74,3 +74,18 @@ def test_digits_with_mixup_and_cutmix_reaches_90_percent() -> None:
         "data.img_size": 16}))
     assert res.config.aug.mixup == 0.2 and res.config.aug.cutmix == 1.0
     assert res.best_top1 >= 90.0, res.best_top1
+
+
+def test_normalizer_matches_the_formula_and_leaves_its_input_alone() -> None:
+    from imgcls_cli.data.loader import DeviceNormalizer
+
+    mean, std = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
+    u8 = torch.randint(0, 256, (2, 3, 5, 7), dtype=torch.uint8, generator=torch.Generator().manual_seed(0))
+    keep = u8.clone()
+    x = DeviceNormalizer(mean, std, torch.device("cpu"))(u8)
+    ref = (u8.float() / 255 - torch.tensor(mean).view(1, 3, 1, 1)) / torch.tensor(std).view(1, 3, 1, 1)
+    torch.testing.assert_close(x, ref)
+    assert torch.equal(u8, keep)
+    f = u8.float()
+    DeviceNormalizer(mean, std, torch.device("cpu"))(f)
+    assert torch.equal(f, keep.float())  # a float input is not normalised in place either

@@ -120,3 +120,17 @@ def test_unknown_policy_error_lists_valid_names() -> None:
 
     with pytest.raises(ImgclsError, match="autoaugment.*valid: .*imagenet"):
         build_config(overrides={"aug.autoaugment": "imagnet"})
+
+
+def test_equalize_equals_torchvision_on_flat_and_sparse_histograms() -> None:
+    from torchvision.transforms.functional import equalize as tv_equalize
+
+    from imgcls_cli.data.augment_ops import equalize
+
+    rng = np.random.default_rng(0)
+    for k in range(30):
+        img = (rng.integers(0, 256, (20, 30, 3)) // rng.integers(1, 120)).astype(np.uint8)
+        if k % 5 == 0:
+            img[..., 1] = 7  # a flat channel stays unchanged
+        ref = tv_equalize(torch.from_numpy(img).permute(2, 0, 1).contiguous()).permute(1, 2, 0).numpy()
+        assert np.array_equal(equalize(img), ref), k

@@ -18,6 +18,7 @@ half-pixel positions, so a few border pixels of geometric ops can differ from to
 
 from __future__ import annotations
 
+import functools
 import math
 from collections.abc import Callable
 
@@ -113,20 +114,18 @@ def autocontrast(img: np.ndarray, _m: float = 0.0) -> np.ndarray:
     return np.clip((img.astype(np.float32) - lo) * scale, 0, 255).astype(np.uint8)
 
 
-def _equalize_channel(ch: np.ndarray) -> np.ndarray:
-    # PIL's ImageOps.equalize (torchvision's tensor `_scale_channel`): step from all but the last used bin
-    hist = np.bincount(ch.ravel(), minlength=256)  # (256,)
-    nonzero = hist[hist != 0]
-    step = int(nonzero[:-1].sum()) // 255
-    if step == 0:
-        return ch
-    lut = (np.cumsum(hist) + step // 2) // step
-    lut = np.concatenate([[0], lut[:-1]]).clip(0, 255).astype(np.uint8)
-    return lut[ch]
-
-
 def equalize(img: np.ndarray, _m: float = 0.0) -> np.ndarray:
-    return np.stack([_equalize_channel(img[..., c]) for c in range(img.shape[2])], axis=2)
+    # PIL's ImageOps.equalize (torchvision's tensor `_scale_channel`), all channels at once:
+    # step = (pixels outside the last used bin) // 255; lut = (cumsum + step // 2) // step, shifted by one bin
+    c = img.shape[2]
+    hist = np.stack([cv2.calcHist([img], [k], None, [256], [0, 256]).ravel() for k in range(c)]).astype(np.int64)
+    last = 255 - np.argmax(hist[:, ::-1] != 0, axis=1)  # (C,) index of the last non-empty bin
+    step = (hist.sum(1) - hist[np.arange(c), last]) // 255  # (C,)
+    safe = np.maximum(step, 1)[:, None]  # (C, 1)
+    lut = (np.cumsum(hist, axis=1) + safe // 2) // safe  # (C, 256)
+    lut = np.concatenate([np.zeros((c, 1), np.int64), lut[:, :-1]], axis=1).clip(0, 255)
+    lut = np.where((step == 0)[:, None], np.arange(256)[None, :], lut)  # a flat channel is left unchanged
+    return cv2.LUT(img, lut.T.astype(np.uint8).reshape(1, 256, c))  # per-channel table (1, 256, C)
 
 
 def invert(img: np.ndarray, _m: float = 0.0) -> np.ndarray:
@@ -146,6 +145,11 @@ OPS: dict[str, Callable[[np.ndarray, float], np.ndarray]] = {
 
 def magnitude_bins(op: str, num_bins: int, height: int, width: int, wide: bool = False) -> tuple[np.ndarray, bool]:
     """(magnitudes (num_bins,), signed) of an op, as torchvision's `_augmentation_space` (wide: TrivialAugment)."""
+    return _space(num_bins, height, width, wide).get(op, (np.zeros(num_bins), False))
+
+
+@functools.lru_cache(maxsize=64)
+def _space(num_bins: int, height: int, width: int, wide: bool) -> dict[str, tuple[np.ndarray, bool]]:
     lin = np.linspace
     top = 0.99 if wide else 0.3
     level = 0.99 if wide else 0.9
@@ -163,7 +167,7 @@ def magnitude_bins(op: str, num_bins: int, height: int, width: int, wide: bool =
         "Posterize": (8 - np.round(np.arange(num_bins) / ((num_bins - 1) / post_div)), False),
         "Solarize": (lin(255.0, 0.0, num_bins), False),
     }
-    return table.get(op, (np.zeros(num_bins), False))
+    return table
 
 
 def apply_op(img: np.ndarray, op: str, magnitude: float) -> np.ndarray:

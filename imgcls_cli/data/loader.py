@@ -43,5 +43,6 @@ class DeviceNormalizer:
 
     def __call__(self, images: torch.Tensor) -> torch.Tensor:
         x = images.to(self.device, non_blocking=True)
-        x = x.contiguous(memory_format=self.memory_format).float()
-        return (x - self.mean) * self.inv_std
+        x = x.contiguous(memory_format=self.memory_format)
+        x = x.float() if x.dtype != torch.float32 else x.clone()  # a new tensor: safe to update in place
+        return x.sub_(self.mean).mul_(self.inv_std)  # in place: no extra (B, 3, H, W) float temporaries
