@@ -1,0 +1,1 @@
+"""Data-set and model statistics (class counts, embeddings, feature-space plots)."""
