@@ -66,12 +66,14 @@ def save_grid(path: Path, panels: list[tuple[np.ndarray, str]], cols: int = 4, c
     plt = _plt()
     cols = max(1, min(cols, len(panels)))
     rows = (len(panels) + cols - 1) // cols
-    fig, axes = plt.subplots(rows, cols, figsize=(cols * cell / 100, rows * (cell + 40) / 100), dpi=100,
+    shown = [shrink(img, cell) for img, _ in panels]
+    height = max(im.shape[0] * cell / im.shape[1] for im in shown)  # tallest panel at `cell` width
+    fig, axes = plt.subplots(rows, cols, figsize=(cols * cell / 100, rows * (height + 40) / 100), dpi=100,
                              squeeze=False)
     for ax in axes.flat:
         ax.axis("off")
-    for ax, (img, caption) in zip(axes.flat, panels, strict=False):
-        ax.imshow(shrink(img, cell))
+    for ax, im, (_, caption) in zip(axes.flat, shown, panels, strict=False):
+        ax.imshow(im)
         ax.set_title(caption, fontsize=7)
     fig.tight_layout()
     fig.savefig(path, dpi=100)
