@@ -1,16 +1,34 @@
-"""`imgcls export` (being written)."""
+"""`imgcls export CKPT --format onnx|torchscript`: export, then verify against the eager model."""
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import typer
 
-from .common import fail
+from .common import handle_errors, out
 
 
-def export_command(args: list[str] = typer.Argument(None)) -> None:
-    """Not available in this build yet."""
-    fail("imgcls export is not available in this build yet")
+def export_command(
+    checkpoint: Path = typer.Argument(..., help="Checkpoint (.pt) or run directory (uses best.pt)."),
+    fmt: str = typer.Option("onnx", "--format", help="onnx|torchscript."),
+    out_file: Path = typer.Option(None, "--out", help="Output file [default: the checkpoint with .onnx / .ts]."),
+    opset: int = typer.Option(None, help="ONNX opset version [default: 17]."),
+) -> None:
+    """Export a checkpoint's model (normalised float input, dynamic batch) and check it at batch 1, 2, 7."""
+    from ..errors import ImgclsError
+    from ..export import export_checkpoint
+
+    if checkpoint.is_dir():
+        checkpoint = checkpoint / "best.pt"
+    if opset is not None and fmt != "onnx":
+        raise ImgclsError(f"--opset: only applies to --format onnx (got --format {fmt})")
+    rep = export_checkpoint(checkpoint, fmt, out_file, opset)
+    errs = ", ".join(f"batch {b}: {e:.2e}" for b, e in rep.max_abs_err.items())
+    out.print(f"exported {checkpoint} -> {rep.out} ({rep.format}, input images (B, 3, {rep.metadata['img_size']},"
+              f" {rep.metadata['img_size']}) normalised)", highlight=False, soft_wrap=True)
+    out.print(f"verified against the eager model, max abs error {errs}", highlight=False, soft_wrap=True)
 
 
 def register(app: typer.Typer) -> None:
-    app.command("export", context_settings={"allow_extra_args": True, "ignore_unknown_options": True})(export_command)
+    app.command("export")(handle_errors(export_command))

@@ -1,0 +1,45 @@
+"""TorchScript export by tracing `model.forward` (eval mode); metadata in `_extra_files`.
+
+Tracing (not scripting) is used because it accepts every module imgcls builds; the trace is
+checked at batch sizes 1, 2 and 7, which catches shapes frozen into the graph.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import nn
+
+from . import FORMATS, Exporter
+
+EXTRA = "imgcls.json"
+
+
+class TorchScriptExporter(Exporter):
+    suffix = ".ts"
+
+    def export(self, model: nn.Module, example: torch.Tensor, out: Path, meta: dict[str, str],
+               opset: int | None) -> None:
+        traced = torch.jit.trace(model, (example,), check_trace=False)
+        torch.jit.save(traced, str(out), _extra_files={EXTRA: json.dumps(meta)})
+
+    def runner(self, out: Path) -> Callable[[np.ndarray], np.ndarray]:
+        module = torch.jit.load(str(out), map_location="cpu").eval()
+
+        def run(x: np.ndarray) -> np.ndarray:
+            with torch.no_grad():
+                return module(torch.from_numpy(x)).numpy()
+
+        return run
+
+    def read_metadata(self, out: Path) -> dict[str, str]:
+        files = {EXTRA: ""}
+        torch.jit.load(str(out), map_location="cpu", _extra_files=files)
+        return json.loads(files[EXTRA])
+
+
+FORMATS.add("torchscript", TorchScriptExporter())
