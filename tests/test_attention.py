@@ -220,3 +220,16 @@ def test_bad_attention_options() -> None:
     with pytest.raises(ImgclsError, match="model.reduction"):
         cfg.replace(**{"model.attn": "coord", "model.reduction": 8})
     assert cfg.replace(**{"model.attn": "se", "model.reduction": 8}).model.reduction == 8
+
+
+def test_cli_train_with_attention() -> None:
+    from typer.testing import CliRunner
+
+    from imgcls_cli.cli.app import app
+
+    args = ["train", "--backbone", "resnet20", "--attn", "cbam", "--epochs", "1", "--steps-per-epoch", "2",
+            "--batch-size", "16", "--workers", "0", "--device", "cpu", "--no-progress", "--out", "run1"]
+    ok = CliRunner().invoke(app, args)
+    assert ok.exit_code == 0, ok.output
+    bad = CliRunner().invoke(app, ["train", "--attn", "coord", "--reduction", "8"])
+    assert bad.exit_code == 2 and "model.reduction" in bad.output
