@@ -177,7 +177,7 @@ def test_help_lists_subcommands():
 def test_resume_after_kill_continues_schedule(tmp_path):
     """Stop after epoch 1 (as a kill would leave it), resume: epochs 2-3 match an uninterrupted run."""
     common = quick_overrides(**{"data.path": "digits", "train.epochs": 3, "train.steps_per_epoch": 4,
-                                "optim.warmup_epochs": 1.0})
+                                "optim.warmup_epochs": 1.0, "train.keep_checkpoints": 3})
     full = ic.train(**{**common, "train.out": str(tmp_path / "full")})
     ic.train(**{**common, "train.out": str(tmp_path / "cut")})
     cut = tmp_path / "cut"

@@ -21,6 +21,8 @@ def resolve_device(name: str) -> torch.device:
         raise ImgclsError(f"--device {name!r}: not a device (valid: auto, cpu, cuda, cuda:N, mps)") from None
     if dev.type == "cuda" and not torch.cuda.is_available():
         raise ImgclsError(f"--device {name}: CUDA is not available on this machine (use --device cpu or auto)")
+    if dev.type == "cuda" and dev.index is None:  # plain "cuda": this process's GPU (torchrun sets LOCAL_RANK)
+        dev = torch.device("cuda", int(os.environ.get("LOCAL_RANK", 0)))
     if dev.type == "mps" and not torch.backends.mps.is_available():
         raise ImgclsError(f"--device {name}: MPS is not available on this machine")
     return dev

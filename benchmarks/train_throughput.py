@@ -1,0 +1,121 @@
+"""Training-epoch wall time: `imgcls train` vs an idiomatic torchvision loop, same run.
+
+Both sides train the same model on the same JPEG files with the same batch size, optimizer,
+augmentation (random-resized-crop + flip), worker count and seed, for one epoch, and the script
+prints the ratio imgcls / reference (lower is better; issue goal <= 0.8 on the 2-core CPU).
+
+The reference is what a user would write: torchvision ImageFolder + PIL transforms (ToTensor +
+Normalize in the workers), DataLoader(shuffle=True), a float32 loop with loss.item() per step.
+
+    python benchmarks/train_throughput.py --quick            # CPU, ~2 minutes
+    python benchmarks/train_throughput.py --data DIR --backbone resnet50 --img-size 224 --device cuda
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+import torchvision
+from torchvision import transforms as T
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+
+
+def reference_epoch(args: argparse.Namespace, dev: torch.device) -> dict:
+    torch.manual_seed(0)
+    tf = T.Compose([T.RandomResizedCrop(args.img_size, scale=(0.35, 1.0)), T.RandomHorizontalFlip(), T.ToTensor(),
+                    T.Normalize([0.485, 0.456, 0.406], [0.229, 0.224, 0.225])])
+    ds = torchvision.datasets.ImageFolder(str(Path(args.data) / "train"), tf)
+    if args.limit:
+        ds = torch.utils.data.Subset(ds, list(range(0, len(ds), max(1, len(ds) // args.limit)))[: args.limit])
+    dl = torch.utils.data.DataLoader(ds, batch_size=args.batch_size, shuffle=True, num_workers=args.workers,
+                                     pin_memory=dev.type == "cuda", drop_last=True)
+    import imgcls_cli as ic  # only for the same architecture; the loop below is plain torch
+
+    model = ic.build_model(args.backbone, num_classes=len(ds.dataset.classes if args.limit else ds.classes)).to(dev)
+    opt = torch.optim.SGD(model.parameters(), lr=0.05, momentum=0.9, weight_decay=5e-4)
+    crit = torch.nn.CrossEntropyLoss()
+    model.train()
+    t0, n = time.perf_counter(), 0
+    for x, y in dl:
+        x, y = x.to(dev, non_blocking=True), y.to(dev, non_blocking=True)
+        loss = crit(model(x), y)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        loss.item()
+        n += x.shape[0]
+    if dev.type == "cuda":
+        torch.cuda.synchronize()
+    dt = time.perf_counter() - t0
+    return {"side": "torchvision loop", "epoch_s": dt, "img_s": n / dt, "images": n}
+
+
+def imgcls_epoch(args: argparse.Namespace, dev: torch.device, extra: dict) -> dict:
+    import imgcls_cli as ic
+
+    out = Path(tempfile.mkdtemp()) / "run"
+    ov = {"data.path": args.data, "data.img_size": args.img_size, "data.workers": args.workers,
+          "aug.crop_scale": [0.35, 1.0], "aug.hflip": 0.5, "model.backbone": args.backbone, "train.epochs": 1,
+          "train.batch_size": args.batch_size, "optim.lr": 0.05, "train.device": str(dev), "train.out": str(out),
+          "train.progress": False, "data.val_split": "__none__"}
+    if args.limit:
+        ov["data.max_train_per_class"] = max(1, args.limit // 10)
+    ov.update(extra)
+    ov.pop("data.val_split")
+    t0 = time.perf_counter()
+    ic.train(**ov)
+    total = time.perf_counter() - t0
+    rec = json.loads((out / "metrics.jsonl").read_text().splitlines()[0])
+    n = rec["img_per_s"] * rec["time_s"]
+    return {"side": "imgcls " + ",".join(f"{k}={v}" for k, v in extra.items()), "epoch_s": rec["time_s"],
+            "img_s": rec["img_per_s"], "images": round(n), "total_s_incl_eval": total}
+
+
+def main() -> None:
+    p = argparse.ArgumentParser()
+    p.add_argument("--data", default=str(REPO.parent / "shared" / "data" / "cifar10_jpg"))
+    p.add_argument("--backbone", default="resnet18")
+    p.add_argument("--img-size", type=int, default=32)
+    p.add_argument("--batch-size", type=int, default=128)
+    p.add_argument("--workers", type=int, default=2)
+    p.add_argument("--limit", type=int, default=0, help="use about this many training images")
+    p.add_argument("--device", default="cpu")
+    p.add_argument("--quick", action="store_true")
+    p.add_argument("--out", default=os.environ.get("OUT", "."))
+    args = p.parse_args()
+    if args.quick:
+        args.limit = args.limit or 3000
+    if not (Path(args.data) / "train").is_dir():
+        sys.exit(f"skip: {args.data}/train is absent (../shared/data beside the checkout)")
+    dev = torch.device(args.device)
+    res = {"machine": os.uname().nodename, "cpus": os.cpu_count(), "torch": torch.__version__,
+           "date": time.strftime("%Y-%m-%d"), "args": vars(args), "runs": []}
+    ref = reference_epoch(args, dev)
+    res["runs"].append(ref)
+    print(ref, flush=True)
+    variants = [{}]
+    if dev.type == "cpu":
+        variants.append({"train.channels_last": True})
+    for extra in variants:
+        r = imgcls_epoch(args, dev, extra)
+        r["ratio_epoch_time_vs_ref"] = r["epoch_s"] / ref["epoch_s"]
+        res["runs"].append(r)
+        print(r, flush=True)
+    Path(args.out).mkdir(parents=True, exist_ok=True)
+    (Path(args.out) / "train_throughput.json").write_text(json.dumps(res, indent=1))
+    for r in res["runs"][1:]:
+        print(f"{r['side']}: epoch {r['epoch_s']:.1f}s vs reference {ref['epoch_s']:.1f}s -> ratio "
+              f"{r['ratio_epoch_time_vs_ref']:.2f} (goal <= 0.8)")
+
+
+if __name__ == "__main__":
+    main()
