@@ -32,12 +32,12 @@ def _slow_unless(fast: bool) -> list[pytest.MarkDecorator]:
     return [] if fast else [pytest.mark.slow]
 
 
-def make_checkpoint(path: Path, img_size: int = 32, **overrides: object) -> Path:
+def make_checkpoint(path: Path, img_size: int = 32, names: list[str] = NAMES, **overrides: object) -> Path:
     """An untrained but complete imgcls checkpoint (what `train` writes, minus optimizer state)."""
     cfg = build_config(None, {"model.backbone": "resnet20", "data.img_size": img_size, **overrides})
-    model = build_task_model(cfg, len(NAMES), [10, 20, 30], for_inference=True)
+    model = build_task_model(cfg, len(names), [10] * len(names), for_inference=True)
     atomic_save({"format": FORMAT, "version": VERSION, "model": model.state_dict(), "config": cfg.to_dict(),
-                "class_names": NAMES, "class_counts": [10, 20, 30],
+                "class_names": list(names), "class_counts": [10] * len(names),
                 "normalization": {"mean": list(MEAN), "std": list(STD)}}, path)
     return path
 
