@@ -131,3 +131,10 @@ def test_cli_features_plot_from_a_checkpoint(tmp_path: Path, tiny_folder: Path) 
     r = CliRunner().invoke(app, ["stats", str(ckpt), "--features", "f.png", "--runs", "0"])
     assert r.exit_code == 0, r.output
     assert Path("f.png").read_bytes()[:4] == b"\x89PNG"
+
+
+def test_cli_preview_grid_of_a_data_set(tiny_folder: Path) -> None:
+    pytest.importorskip("imgcls_cli.viz.preview")
+    r = CliRunner().invoke(app, ["stats", str(tiny_folder), "--preview", "p.png", "--max-images", "5"])
+    assert r.exit_code == 0, r.output
+    assert Path("p.png").read_bytes()[:4] == b"\x89PNG"
