@@ -74,7 +74,6 @@ SAMPLERS: Registry[Callable[..., Any]] = Registry("sampler")
 AUTOAUGMENT: Registry[Callable[..., Any]] = Registry("autoaugment policy", option="--autoaugment")
 METHODS: Registry[Callable[..., Any]] = Registry("method")
 CAM_METHODS: Registry[Callable[..., Any]] = Registry("cam method", option="--method")
-DATASETS: Registry[Callable[..., Any]] = Registry("data set", option="--data")
 
 ALL = {
     "backbone": BACKBONES,
@@ -85,5 +84,4 @@ ALL = {
     "autoaugment": AUTOAUGMENT,
     "method": METHODS,
     "cam": CAM_METHODS,
-    "dataset": DATASETS,
 }
