@@ -98,6 +98,7 @@ def reference_step(make, bs: int, px: int, ncls: int, compile_: bool = False):
 def imgcls_step(backbone: str, bs: int, px: int, ncls: int, attn: str = "none", compile_: bool = False):
     """What imgcls's trainer does per step, built from its own components."""
     cfg = build_config(None, {"model.backbone": backbone, "model.attn": attn, "loss.label_smoothing": 0.1,
+                              "train.finite_check": "log",
                               "optim.weight_decay": 1e-4, "train.channels_last": True, "train.compile": compile_})
     tcls = task_class(cfg)
     model = tcls.build_model(cfg, ncls).to(dev).to(memory_format=torch.channels_last)
@@ -195,7 +196,8 @@ def s3_end_to_end() -> None:
     out = Path(tempfile.mkdtemp())
     ic.train(**{"data.path": str(data), "data.img_size": px, "data.workers": workers, "model.backbone": "resnet50",
                 "train.epochs": 3 if not args.smoke else 1, "train.batch_size": bs, "optim.lr": 0.01,
-                "train.out": str(out / "r"), "train.progress": False, "train.eval_every": 100})
+                "train.out": str(out / "r"), "train.progress": False, "train.eval_every": 100,
+                "train.finite_check": "log"})
     rows = [json.loads(x) for x in (out / "r" / "metrics.jsonl").read_text().splitlines()]
     mine = max(r["img_per_s"] for r in rows)
     record("e2e_448_imgcls_train", img_s=round(mine, 1), ratio_vs_ref=round(mine / ref, 3), workers=workers,

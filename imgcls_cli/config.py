@@ -4,7 +4,7 @@ A run is fully described by a `Config`; `config.yaml` in the run directory is it
 validated form and `imgcls train --config RUN/config.yaml` reproduces the run.  Component names
 are checked against the registries; cross-component rules live in `model_validator`s with a
 one-line reason each.  `None` in a field marked "data-set default" is resolved when the data set
-is opened (see `engine.trainer.resolve_config`) and the resolved value is what gets saved.
+is opened (see `engine.setup.resolve_config`) and the resolved value is what gets saved.
 """
 
 from __future__ import annotations
@@ -40,7 +40,7 @@ class Frozen(BaseModel):
 
 
 class DataConfig(Frozen):
-    path: str = Field("digits", description="image-folder root, HDF5 pack, or a built-in name (digits, cifar10, cifar100)")
+    path: str = Field("digits", description="image-folder root, HDF5 pack, or digits|cifar10|cifar100")
     img_size: int | None = Field(None, ge=8, le=2048, description="training/eval resolution; data-set default")
     val_split: str | None = Field(None, description="val or test; the first that exists")
     workers: int = Field(2, ge=0, le=256)
@@ -198,8 +198,11 @@ class TrainConfig(Frozen):
     wsdan_beta: float = Field(0.05, gt=0.0, le=1.0)
     progress: bool = True
     tensorboard: bool = True
+    finite_check: Literal["step", "log"] = Field(
+        "step", description="step: skip each non-finite step (two host syncs per step); log: no per-step sync,"
+        " stop at the next progress update if the loss went non-finite (faster on GPUs)")
     log_steps: bool = Field(False, description="write steps.jsonl: the loss of every optimizer step (costs a sync)")
-    freeze_bn: bool = Field(False, description="BatchNorm uses and keeps its running statistics (small per-device batches)")
+    freeze_bn: bool = Field(False, description="BN uses and keeps its running statistics (small batches)")
 
     @field_validator("method")
     @classmethod
@@ -245,13 +248,15 @@ class Config(Frozen):
             raise ValueError("--method bbn: --loss center and --feature-dim are not supported with its two-branch head")
         if self.loss.name == "arcface" and self.model.head not in ("linear", "cosine"):
             raise ValueError(f"--loss arcface needs a cosine head; --head {self.model.head} cannot give cosine logits")
-        if self.loss.name == "center" and self.loss.center_on == "arcface" and self.model.head not in ("linear", "cosine"):
+        cosine_ok = self.model.head in ("linear", "cosine")
+        if self.loss.name == "center" and self.loss.center_on == "arcface" and not cosine_ok:
             raise ValueError("--loss center with ArcFace needs a cosine head")
         if self.loss.name == "center" and mixing:
             raise ValueError("--loss center pulls features to the centre of their hard label; Mixup/CutMix"
                              " (soft labels) are not supported with it")
         if self.train.method in ("crt", "lws") and not self.train.init_from:
-            raise ValueError(f"--method {self.train.method} is a second stage: give the stage-1 checkpoint with --init-from")
+            raise ValueError(f"--method {self.train.method} is a second stage: give the stage-1 checkpoint"
+                             " with --init-from")
         if self.train.method == "bbn" and mixing:
             raise ValueError("--method bbn mixes its own two samplers; Mixup/CutMix are not supported with it")
         if self.train.method == "wsdan" and mixing:

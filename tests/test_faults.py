@@ -73,6 +73,19 @@ def test_k_consecutive_nonfinite_steps_stop_with_last_good_weights(data: Path, t
     assert all(torch.isfinite(v).all() for v in ckpt["model"].values() if v.is_floating_point())
 
 
+def test_log_mode_stops_without_saving_poisoned_weights(data: Path, tmp_path: Path,
+                                                       monkeypatch: pytest.MonkeyPatch) -> None:
+    """finite_check=log (no per-step sync, for GPUs): a NaN run stops at the next progress update and
+    never overwrites a checkpoint with the poisoned weights."""
+    _nan_after(monkeypatch, 9)  # epoch 1 (6 steps) is clean and saved; epoch 2 goes NaN at its 3rd step
+    with pytest.raises(TrainingDiverged, match="finite_check=log") as e:
+        ic.train(**_overrides(data, tmp_path / "run", **{"train.finite_check": "log", "train.log_steps": False}))
+    assert e.value.exit_code == 3
+    ckpt = read_checkpoint(tmp_path / "run" / "last.pt")
+    assert ckpt["epoch"] == 1 and ckpt["global_step"] == 6
+    assert all(torch.isfinite(v).all() for v in ckpt["model"].values() if v.is_floating_point())
+
+
 def _start_child(overrides: dict[str, object]) -> subprocess.Popen:
     code = ("import sys, imgcls_cli as ic; ic.train(**eval(sys.argv[1]))")
     env = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1", "PYTHONPATH": str(REPO)}

@@ -67,14 +67,16 @@ def eval_command(
     confusion_csv(res.result.confusion, names, folder / "confusion.csv")
     confusion_png(res.result.confusion, names, folder / "confusion.png")
     if res.ckpt.class_counts is not None:
-        per_class_vs_frequency_png(res.result.per_class, res.ckpt.class_counts, names, folder / "per_class_vs_frequency.png")
+        per_class_vs_frequency_png(res.result.per_class, res.ckpt.class_counts, names,
+                                   folder / "per_class_vs_frequency.png")
     s["confusion_csv"] = str(folder / "confusion.csv")
     if json_path is not None:
         json_path.parent.mkdir(parents=True, exist_ok=True)
         json_path.write_text(json.dumps(s, indent=2))
     for line in s.get("skipped", []):
         console.print(f"[yellow]skipped unreadable image[/yellow] {line}")
-    console.print(f"confusion matrix: {folder / 'confusion.csv'} and .png" + (f"; metrics: {json_path}" if json_path else ""))
+    metrics = f"; metrics: {json_path}" if json_path else ""
+    console.print(f"confusion matrix: {folder / 'confusion.csv'} and .png{metrics}")
 
 
 def register(app: typer.Typer) -> None:

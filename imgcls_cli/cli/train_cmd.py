@@ -60,11 +60,13 @@ def _base_for_resume(resume: str) -> dict[str, Any] | None:
 
 def train_command(
     config: Path = typer.Option(None, "--config", "-c", help="YAML config; options given here override it."),
-    data: str = typer.Option(None, help="Image-folder root (train/<class>/, val/ or test/), .h5 pack, or digits|cifar10|cifar100. [default: digits]"),
+    data: str = typer.Option(None, help="Image-folder root (train/<class>/, val/ or test/), .h5 pack, or "
+                                       "digits|cifar10|cifar100. [default: digits]"),
     backbone: str = typer.Option(None, help="Backbone (see `imgcls stats --components`). [default: resnet18]"),
     attn: str = typer.Option(None, help="Attention: none|se|cbam|nonlocal|coord."),
     head: str = typer.Option(None, help="Head: linear|cosine|bilinear."),
-    pretrained: bool = typer.Option(None, "--pretrained/--no-pretrained", help="torchvision ImageNet weights (needs network)."),
+    pretrained: bool = typer.Option(None, "--pretrained/--no-pretrained",
+                                    help="torchvision ImageNet weights (needs network)."),
     weights: str = typer.Option(None, help="torchvision/imgcls state dict file to start from."),
     loss: str = typer.Option(None, help="Loss: ce|arcface|center."),
     label_smoothing: float = typer.Option(None, help="Label smoothing epsilon."),

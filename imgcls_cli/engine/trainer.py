@@ -9,7 +9,6 @@ and read only when the progress bar is refreshed.
 from __future__ import annotations
 
 import json
-import math
 import signal
 import time
 from dataclasses import dataclass
@@ -328,11 +327,13 @@ class Trainer:
                             continue
                         step_batch["images2"] = self.data.normalizer(batch2["images"])  # (B2, 3, H, W)
                         step_batch["targets2"] = batch2["targets"].to(dev, non_blocking=True)  # (B2,)
-                    self.buffer_guard.snapshot()
+                    per_step = cfg.train.finite_check == "step"
+                    if per_step:
+                        self.buffer_guard.snapshot()
                     with amp:
                         out = self.task.train_step(step_batch)
                     loss = out["loss"]
-                    if any_rank(not bool(torch.isfinite(loss)), dev):  # all ranks skip together under DDP
+                    if per_step and any_rank(not bool(torch.isfinite(loss)), dev):  # all ranks skip together
                         self.buffer_guard.restore()  # the NaN forward already wrote BN running statistics
                         self.bad_steps = self._bad_step(self.bad_steps + 1, epoch, i, items_done, "loss")
                         continue
@@ -340,7 +341,7 @@ class Trainer:
                     self.task.after_backward()
                     if (i + 1) % accum == 0:
                         # a finite loss can still give inf/NaN gradients; GradScaler (fp16) handles its own
-                        if not self.scaler.is_enabled() and not grads_finite(self.model.parameters()):
+                        if per_step and not self.scaler.is_enabled() and not grads_finite(self.model.parameters()):
                             self.bad_steps = self._bad_step(self.bad_steps + 1, epoch, i, items_done, "gradient")
                             continue
                         self.bad_steps = 0  # consecutive count runs across epoch boundaries
@@ -367,6 +368,11 @@ class Trainer:
                     if (i + 1) % cfg.train.log_every == 0 or i + 1 == max_batches:
                         el = time.perf_counter() - t0
                         s = int(seen)
+                        if not per_step and not torch.isfinite(loss_sum):  # "log" mode: no per-step check
+                            raise TrainingDiverged(
+                                f"training diverged: non-finite loss by epoch {epoch + 1} step {i + 1} (train."
+                                f"finite_check=log does not skip bad steps); the last good checkpoint is the"
+                                f" newest in {self.run_dir} (lower --lr, or finite_check=step)")
                         progress.update(i + 1, loss=float(loss_sum) / max(1, s), acc=float(correct) / max(1, s) * 100,
                                         lr=self.optimizer.param_groups[0]["lr"], ips=n_images / max(el, 1e-9))
                     signum = agreed_signal(self.stop_signal, dev)
@@ -388,7 +394,3 @@ class Trainer:
         return {"train_loss": float(loss_sum) / s, "train_acc": float(correct) / s * 100,
                 "lr": self.optimizer.param_groups[0]["lr"], "img_per_s": n_images / max(el, 1e-9),
                 "time_s": el, "steps": self.global_step}
-
-
-def finite(x: float) -> bool:
-    return not (math.isnan(x) or math.isinf(x))
