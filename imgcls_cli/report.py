@@ -36,6 +36,13 @@ def _aug(cfg: dict[str, Any]) -> str:
     return ", ".join(parts) or "-"
 
 
+def _head(cfg: dict[str, Any]) -> str:
+    """The head the model really had: ArcFace switches a linear head to the cosine one."""
+    loss = cfg.get("loss", {})
+    arc = loss.get("name") == "arcface" or (loss.get("name") == "center" and loss.get("center_on") == "arcface")
+    return "cosine" if arc and cfg["model"]["head"] == "linear" else cfg["model"]["head"]
+
+
 def read_run(run_dir: str | Path) -> dict[str, Any]:
     d = Path(run_dir)
     cfg_p, met_p = d / "config.yaml", d / "metrics.jsonl"
@@ -51,7 +58,7 @@ def read_run(run_dir: str | Path) -> dict[str, Any]:
     lt = cfg["data"].get("imbalance_ratio")
     out: dict[str, Any] = {
         "run": d.name, "data": Path(cfg["data"]["path"]).name + (f" LT{lt:g}" if lt else ""),
-        "backbone": m["backbone"], "attention": m["attn"], "head": m["head"], "loss": cfg["loss"]["name"],
+        "backbone": m["backbone"], "attention": m["attn"], "head": _head(cfg), "loss": cfg["loss"]["name"],
         "augmentation": _aug(cfg), "method": method, "img": cfg["data"].get("img_size"),
         "epochs": f"{len(rows)}/{t['epochs']}" if len(rows) != t["epochs"] else str(t["epochs"]),
         "top1": best["val_top1"] if best else None, "top5": best["val_top5"] if best else None,

@@ -2,7 +2,7 @@
 # Reproduce the README "Results" table: every row is one `imgcls` command below, run on the data
 # beside the checkout (../shared/data), then `imgcls report` reads the run directories.
 # CPU-sized epochs (the published recipes in examples/ need a GPU).  Usage:
-#   bash scripts/results.sh [general|longtail|all]    (default all; the two streams can run in parallel)
+#   bash scripts/results.sh [general|finegrained|longtail|all]    (default all; the streams can run in parallel)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 IM=.venv/bin/imgcls
@@ -19,6 +19,12 @@ general() {
     --warmup-epochs 1 --set aug.crop_scale=[0.35,1.0] --set train.eval_every=3 --out $R/cifar10-resnet20 "${COMMON[@]}"
   $IM train --data $D/cub_subset --backbone resnet18 --img-size 96 --epochs 12 --batch-size 32 --lr 0.05 \
     --label-smoothing 0.1 --warmup-epochs 1 --set aug.crop_scale=[0.25,1.0] --out $R/cub_subset-resnet18-ls "${COMMON[@]}"
+}
+
+finegrained() {
+  local FG=(--img-size 96 --epochs 8 --set train.eval_every=4 "${COMMON[@]}")
+  $IM train --config examples/cub200_bcnn_vgg16_subset.yaml "${FG[@]}" --out $R/cub_subset-resnet18-bcnn
+  $IM train --config examples/cub200_wsdan_resnet50_subset.yaml "${FG[@]}" --out $R/cub_subset-resnet18-wsdan
 }
 
 longtail() {
@@ -40,6 +46,7 @@ longtail() {
 case "${1:-all}" in
   general) general ;;
   longtail) longtail ;;
-  all) general; longtail ;;
+  finegrained) finegrained ;;
+  all) general; finegrained; longtail ;;
 esac
 $IM report $R --out $R/table.md
