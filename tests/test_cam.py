@@ -257,3 +257,25 @@ def test_cli_uses_latest_run_and_errors(trained: Path, tmp_path: Path) -> None:
     assert r.exit_code == 2 and "class_0" in r.output
     r = CliRunner().invoke(app, ["cam", str(tmp_path / "missing.jpg")])
     assert r.exit_code == 2 and "missing.jpg" in r.output
+
+
+def test_cam_input_is_exactly_the_eval_crop_and_maps_back_to_its_box() -> None:
+    """The model must see what evaluation fed it (a 32 px model gives other answers at 37 px)."""
+    from types import SimpleNamespace
+
+    from imgcls_cli.config import build_config
+    from imgcls_cli.data.transforms import eval_transform
+    from imgcls_cli.viz.explain import preprocess
+
+    cfg = build_config(None, {"data.img_size": 32})
+    ck = SimpleNamespace(config=cfg, mean=(0.5, 0.4, 0.3), std=(0.2, 0.25, 0.3))
+    img = np.random.default_rng(0).integers(0, 256, (37, 45, 3), dtype=np.uint8)
+    x, (y0, x0, y1, x1) = preprocess(img, ck, torch.device("cpu"))
+    ref = torch.from_numpy(eval_transform(32, cfg.aug.eval_crop_pct)(image=img)["image"]).permute(2, 0, 1).float()
+    ref = (ref - torch.tensor(ck.mean).view(3, 1, 1) * 255) / (torch.tensor(ck.std).view(3, 1, 1) * 255)
+    torch.testing.assert_close(x[0], ref)
+    assert x.shape == (1, 3, 32, 32)
+    # shorter side -> round(32 / 0.875) = 37: no resize here, so the box is the centre crop itself
+    assert (y0, x0, y1, x1) == (2, 6, 34, 38)
+    big = np.repeat(np.repeat(img, 2, axis=0), 2, axis=1)  # 74 x 90: resized by 1/2, box scales by 2
+    assert preprocess(big, ck, torch.device("cpu"))[1] == (4, 12, 68, 76)

@@ -1,9 +1,10 @@
 """Activation maps for image files with a checkpoint: what `imgcls cam` does, callable from Python.
 
-Preprocessing: the image is resized exactly as the checkpoint's evaluation pipeline resizes it
-(shorter side to img_size / crop_pct) but NOT centre-cropped, so the map covers the whole photo
-and maps back to the original H x W exactly (bilinear); the model sees objects at the scale it was
-evaluated at.  Normalisation is the checkpoint's mean/std.
+Preprocessing is exactly the checkpoint's evaluation pipeline (shorter side to img_size / crop_pct,
+centre crop img_size, the checkpoint's mean/std), so the model sees what it was evaluated on: a
+network trained at 32 px gives other answers on a 37 px input (its last stage changes from 1x1 to
+2x2).  The map of the crop is placed back into the original H x W at the crop's position
+(bilinear); the border the crop leaves out gets 0.
 """
 
 from __future__ import annotations
@@ -71,19 +72,25 @@ def parse_class(value: str, class_names: list[str]) -> int:
                       f"or one of {shown}")
 
 
-def preprocess(image: np.ndarray, ckpt: Checkpoint, device: torch.device) -> torch.Tensor:
-    """uint8 (H, W, 3) -> normalised (1, 3, h, w): the eval transform's resize (cv2 bilinear), no crop."""
-    cfg = ckpt.config
-    img_size = cfg.data.img_size or 224
-    short = int(round(img_size / cfg.aug.eval_crop_pct))
+def preprocess(image: np.ndarray, ckpt: Checkpoint, device: torch.device) -> tuple[torch.Tensor, tuple[int, ...]]:
+    """uint8 (H, W, 3) -> (normalised (1, 3, S, S) as in evaluation, crop box (y0, x0, y1, x1) in the image)."""
     import albumentations as A
     import cv2
 
+    cfg = ckpt.config
+    size = cfg.data.img_size or 224
+    short = int(round(size / cfg.aug.eval_crop_pct))
     resized = A.SmallestMaxSize(max_size=short, interpolation=cv2.INTER_LINEAR)(image=image)["image"]  # eval resize
-    x = torch.from_numpy(np.array(resized)).permute(2, 0, 1)[None].float()  # (1, 3, h, w)
+    rh, rw = resized.shape[:2]
+    top, left = (rh - size) // 2, (rw - size) // 2  # albumentations CenterCrop's offsets
+    crop = np.ascontiguousarray(resized[top:top + size, left:left + size])  # (S, S, 3)
+    x = torch.from_numpy(crop).permute(2, 0, 1)[None].float()  # (1, 3, S, S)
     mean = torch.tensor(ckpt.mean).view(1, 3, 1, 1) * 255.0  # (1, 3, 1, 1)
     std = torch.tensor(ckpt.std).view(1, 3, 1, 1) * 255.0
-    return ((x - mean) / std).to(device)
+    h, w = image.shape[:2]
+    sy, sx = h / rh, w / rw  # resized -> original pixel scale
+    box = (round(top * sy), round(left * sx), min(h, round((top + size) * sy)), min(w, round((left + size) * sx)))
+    return ((x - mean) / std).to(device), box
 
 
 def explain_file(path: Path, ckpt: Checkpoint, method: str = "gradcam", classes: list[int] | None = None,
@@ -94,7 +101,7 @@ def explain_file(path: Path, ckpt: Checkpoint, method: str = "gradcam", classes:
         image = decode_file(path, ckpt.config.data.decoder)
     except BadImage as e:
         raise ImgclsError(f"IMAGE {path}: {e}") from None
-    x = preprocess(image, ckpt, dev)
+    x, (y0, x0, y1, x1) = preprocess(image, ckpt, dev)
     with torch.no_grad():
         probs = ckpt.model.eval()(x).float().softmax(1)[0]  # (C,)
     pred = int(probs.argmax())
@@ -105,7 +112,9 @@ def explain_file(path: Path, ckpt: Checkpoint, method: str = "gradcam", classes:
     h, w = image.shape[:2]
     xs = x.expand(len(classes), -1, -1, -1)  # (K, 3, h, w): one pass for all requested classes
     heat = cam(ckpt.model, xs, method=method, target=classes, layer=layer)  # (K, h, w) in [0, 1]
-    heat = F.interpolate(heat[:, None], size=(h, w), mode="bilinear", align_corners=False)[:, 0]  # (K, H, W)
-    heat = heat.clamp(0, 1).cpu().numpy().astype(np.float32)
+    inner = F.interpolate(heat[:, None], size=(y1 - y0, x1 - x0), mode="bilinear", align_corners=False)[:, 0]
+    heat = torch.zeros(len(classes), h, w)  # (K, H, W): 0 outside the evaluated crop
+    heat[:, y0:y1, x0:x1] = inner.clamp(0, 1).cpu()  # (K, y1 - y0, x1 - x0)
+    heat = heat.numpy().astype(np.float32)
     maps = [ClassMap(k, ckpt.class_names[k], float(probs[k]), heat[i]) for i, k in enumerate(classes)]
     return Explanation(path, image, pred, ckpt.class_names[pred], float(probs[pred]), maps)
