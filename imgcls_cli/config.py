@@ -297,7 +297,11 @@ def format_validation_error(err: ValidationError, source: str = "config") -> str
     if first["type"] == "extra_forbidden":
         msg = "unknown key"
     more = f" (and {len(errs) - 1} more)" if len(errs) > 1 else ""
-    return f"{source}: {loc}: {msg}{more}"
+    if msg.startswith("--") and ": " in msg:  # the validator named the CLI option: "--attn (model.attn): ..."
+        option, _, msg = msg.partition(": ")
+        loc = f"{option} ({loc})"
+    prefix = "" if source == "options" else f"{source}: "
+    return f"{prefix}{loc}: {msg}{more}"
 
 
 def config_from_dict(d: dict[str, Any], source: str = "config") -> Config:

@@ -135,7 +135,7 @@ def test_existing_out_is_never_overwritten(tiny_folder, tmp_path):
 
 # ---------------------------------------------------------------- errors: one line, exit 2
 @pytest.mark.parametrize("args, needle", [
-    (["train", "--backbone", "resnet51"], "--backbone: unknown backbone 'resnet51'"),
+    (["train", "--backbone", "resnet51"], "--backbone (model.backbone): unknown backbone 'resnet51'"),
     (["train", "--loss", "focal"], "unknown loss 'focal'"),
     (["train", "--data", "/nonexistent/folder"], "--data /nonexistent/folder: no such folder"),
     (["train", "--epochs", "0"], "train.epochs"),
