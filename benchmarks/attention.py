@@ -14,11 +14,11 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import time
 from collections.abc import Callable
 from pathlib import Path
 
 import torch
+from timing import median_rate  # benchmarks/timing.py (this script's folder is on sys.path)
 from torch import nn
 
 import imgcls_cli as ic
@@ -44,21 +44,7 @@ def throughput(make: Callable[[], nn.Module], bs: int, px: int, steps: int, warm
         loss.backward()
         opt.step()
 
-    def sync() -> None:
-        if dev == "cuda":
-            torch.cuda.synchronize()
-
-    for _ in range(warm):
-        step()
-    times = []
-    for _ in range(3):
-        sync()
-        t = time.perf_counter()
-        for _ in range(steps):
-            step()
-        sync()
-        times.append((time.perf_counter() - t) / steps)
-    return bs / sorted(times)[1]  # median of three timed runs
+    return median_rate(step, bs, steps, warm, dev)[0]
 
 
 def main() -> None:

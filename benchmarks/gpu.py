@@ -26,6 +26,8 @@ import torchvision
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
+from timing import median_rate  # noqa: E402  (benchmarks/timing.py)
+
 import imgcls_cli as ic  # noqa: E402
 from imgcls_cli.config import build_config  # noqa: E402
 from imgcls_cli.data.loader import DeviceNormalizer  # noqa: E402
@@ -54,20 +56,7 @@ def sync() -> None:
 def timed(step, bs: int, steps: int = 30, warm: int = 10) -> tuple[float, float]:
     if args.smoke:
         steps, warm = 2, 1
-    t0 = time.perf_counter()
-    for _ in range(warm):
-        step()
-    sync()
-    warm_s = time.perf_counter() - t0
-    times = []
-    for _ in range(3):
-        sync()
-        t = time.perf_counter()
-        for _ in range(steps):
-            step()
-        sync()
-        times.append((time.perf_counter() - t) / steps)
-    return bs / sorted(times)[1], warm_s
+    return median_rate(step, bs, steps, warm, dev)
 
 
 def record(name: str, **kw) -> None:
