@@ -16,6 +16,7 @@ from __future__ import annotations
 import copy
 import json
 import warnings
+from abc import ABC, abstractmethod
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -33,20 +34,23 @@ RTOL, ATOL = 1e-3, 1e-5
 META_VERSION = "1"
 
 
-class Exporter:
+class Exporter(ABC):
     """One export format: write the file, and load it back as a numpy-in, numpy-out runner."""
 
     suffix = ""
 
+    @abstractmethod
     def export(self, model: nn.Module, example: torch.Tensor, out: Path, meta: dict[str, str],
                opset: int | None) -> None:
-        raise NotImplementedError  # abstract: every registered format overrides it
+        """Write `model` to `out` with `meta` stored in the file."""
 
+    @abstractmethod
     def runner(self, out: Path) -> Callable[[np.ndarray], np.ndarray]:
-        raise NotImplementedError  # abstract: every registered format overrides it
+        """Load `out` back as a numpy-in, numpy-out function."""
 
+    @abstractmethod
     def read_metadata(self, out: Path) -> dict[str, str]:
-        raise NotImplementedError  # abstract: every registered format overrides it
+        """The metadata stored in `out`."""
 
 
 FORMATS: Registry[Exporter] = Registry("export format", option="--format")

@@ -28,6 +28,7 @@ Deliberate deviations from pytorch-grad-cam (numerically the same maps):
 from __future__ import annotations
 
 import contextlib
+from abc import ABC, abstractmethod
 from collections.abc import Iterator, Sequence
 from typing import Any
 
@@ -111,12 +112,12 @@ def pick_scores(logits: torch.Tensor, target: torch.Tensor | None) -> torch.Tens
     return logits.float().gather(1, idx.view(-1, 1)).squeeze(1)  # (B,)
 
 
-class GradientCAM:
+class GradientCAM(ABC):
     """Base of the gradient methods: one forward, one backward to the layer, then `combine`."""
 
+    @abstractmethod
     def combine(self, acts: torch.Tensor, grads: torch.Tensor) -> torch.Tensor:
         """acts, grads (B, K, h, w) -> raw maps (B, h, w)."""
-        raise NotImplementedError  # abstract: each registered variant overrides it
 
     def __call__(self, model: nn.Module, images: torch.Tensor, target: torch.Tensor | None, layer: str) -> torch.Tensor:
         with capture(model, layer, need_grad=True) as store, torch.enable_grad():
