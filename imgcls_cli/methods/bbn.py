@@ -28,6 +28,7 @@ import torch
 from torch import nn
 
 from ..losses import loss_from_config
+from ..models.init import kaiming_conv_bn_
 from ..registry import BACKBONES, HEADS, METHODS
 from .base import Task, model_from_config
 
@@ -44,13 +45,10 @@ def bbn_alpha(epoch: int, epochs: int, schedule: str = "parabolic") -> float:
 
 def _reinit(module: nn.Module) -> None:
     """Fresh initialisation (as the backbones do) so the two branches start independently."""
-    for m in module.modules():
-        if isinstance(m, nn.Conv2d):
-            nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
-        elif isinstance(m, nn.BatchNorm2d):
-            nn.init.ones_(m.weight)
-            nn.init.zeros_(m.bias)
-        elif m is not module and hasattr(m, "reset_parameters") and not list(m.children()):
+    kaiming_conv_bn_(module)
+    for m in module.modules():  # anything else with parameters (e.g. attention MLPs) gets its own reset
+        if not isinstance(m, (nn.Conv2d, nn.BatchNorm2d)) and m is not module and hasattr(m, "reset_parameters") \
+                and not list(m.children()):
             m.reset_parameters()
 
 

@@ -17,6 +17,7 @@ from torch import nn
 from torchvision.models.resnet import BasicBlock
 
 from ...registry import BACKBONES
+from ..init import kaiming_conv_bn_
 
 
 class PadShortcut(nn.Module):
@@ -46,12 +47,7 @@ class CifarResNet(nn.Module):
         self.layer3 = self._stage(64, n, 2)
         self.avgpool = nn.AdaptiveAvgPool2d(1)
         self.fc = nn.Linear(64, num_classes)
-        for m in self.modules():
-            if isinstance(m, nn.Conv2d):
-                nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
-            elif isinstance(m, nn.BatchNorm2d):
-                nn.init.ones_(m.weight)
-                nn.init.zeros_(m.bias)
+        kaiming_conv_bn_(self)
         if zero_init_residual:
             for m in self.modules():
                 if isinstance(m, BasicBlock):
