@@ -181,6 +181,7 @@ class TrainConfig(Frozen):
     amp_dtype: Literal["bf16", "fp16"] = "bf16"
     channels_last: bool | None = Field(None, description="default: on for CUDA")
     compile: bool = False
+    fuse_attention: bool = Field(True, description="CUDA training: SE/CBAM/CA gates as compiled, fused regions")
     sync_bn: bool = False
     seed: int = 0
     deterministic: bool = False

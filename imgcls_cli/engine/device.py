@@ -37,7 +37,10 @@ def autocast(device: torch.device, enabled: bool, dtype: str = "bf16"):
     return torch.autocast(device.type, dtype=torch.bfloat16 if dtype == "bf16" else torch.float16)
 
 
-def setup_backends(device: torch.device, deterministic: bool) -> None:
+def setup_backends(device: torch.device, deterministic: bool, fuse_attention: bool = True) -> None:
+    from ..models.attention import fused
+
+    fused.set_enabled(fuse_attention and not deterministic)  # compiled gate regions (CUDA only)
     if device.type == "cuda":
         torch.backends.cudnn.benchmark = not deterministic
         torch.backends.cuda.matmul.allow_tf32 = True

@@ -80,7 +80,7 @@ class Trainer:
         dist.init_from_env(self.device.type)
         if self.device.type == "cuda":
             torch.cuda.set_device(self.device)
-        setup_backends(self.device, cfg.train.deterministic)
+        setup_backends(self.device, cfg.train.deterministic, cfg.train.fuse_attention)
         torch.manual_seed(cfg.train.seed)
         self.resume_state = read_checkpoint(self._resume_path(cfg)) if cfg.train.resume else None
         cfg, bundle = open_and_resolve(cfg, self.device)

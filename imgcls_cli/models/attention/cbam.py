@@ -10,19 +10,26 @@ conv(2 -> 1, k, no bias) -> BN (momentum 0.01) -> sigmoid, and that BN's gamma s
 spatial gate starts at sigmoid(0) = 0.5 everywhere).  The channel-pooled map is ordered
 (max, mean) as in the official `ChannelPool`.  Deviations: the MLP layers are 1x1 convolutions
 (same maths, no flatten), the two pooled vectors go through the MLP as one stacked batch, and the
-hidden width is max(1, C // r).
+hidden width is max(1, C // r); the MLP runs as matrix products on the pooled (2B, C) vectors and
+the 7x7 spatial conv (2 -> 1 channels) as im2col + one matrix product (`spatial = "unfold"`; cuDNN's
+kernels for a 2-in/1-out convolution are slow under bf16/channels_last, see docs/benchmarks.md).
+The weights keep the official shapes.  On CUDA the gate is a fused region (see fused.py).
 """
 
 from __future__ import annotations
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from ...registry import ATTENTION
+from .fused import FusableGate
 
 
 @ATTENTION.register("cbam", placement="block", options={"reduction": "reduction", "cbam_kernel": "kernel_size"})
-class CBAM(nn.Module):
+class CBAM(FusableGate):
+    spatial = "unfold"  # or "conv" (cuDNN); the same function, benchmarks/attention.py compares them
+
     def __init__(self, channels: int, *, reduction: int = 16, kernel_size: int = 7):
         super().__init__()
         hidden = max(1, channels // reduction)
@@ -33,10 +40,18 @@ class CBAM(nn.Module):
         self.bn = nn.BatchNorm2d(1, momentum=0.01)
         nn.init.zeros_(self.bn.weight)  # official init: spatial-gate BN gamma = 0
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        b = x.shape[0]
-        pooled = torch.cat([x.mean((2, 3), keepdim=True), x.amax((2, 3), keepdim=True)])  # (2B, C, 1, 1)
-        mlp = self.fc2(self.act(self.fc1(pooled)))  # (2B, C, 1, 1)
-        x = x * (mlp[:b] + mlp[b:]).sigmoid()  # F' = M_c(F) * F, eq. (2)
+    def gate_forward(self, x: torch.Tensor) -> torch.Tensor:
+        b, _, h, w = x.shape
+        pooled = torch.cat([x.mean((2, 3)), x.amax((2, 3))])  # (2B, C)
+        hid = self.act(F.linear(pooled, self.fc1.weight.flatten(1), self.fc1.bias))  # (2B, C/r), shared MLP
+        mlp = F.linear(hid, self.fc2.weight.flatten(1), self.fc2.bias)  # (2B, C)
+        x = x * (mlp[:b] + mlp[b:]).sigmoid()[:, :, None, None]  # F' = M_c(F) * F, eq. (2)
         maps = torch.cat([x.amax(1, keepdim=True), x.mean(1, keepdim=True)], 1)  # (B, 2, H, W)
-        return x * self.bn(self.conv(maps)).sigmoid()  # F'' = M_s(F') * F', eq. (3)
+        return x * self.bn(self._spatial(maps, b, h, w)).sigmoid()  # F'' = M_s(F') * F', eq. (3)
+
+    def _spatial(self, maps: torch.Tensor, b: int, h: int, w: int) -> torch.Tensor:
+        if self.spatial == "conv":
+            return self.conv(maps)
+        k = self.conv.kernel_size[0]
+        cols = F.unfold(maps, k, padding=k // 2)  # (B, 2*k*k, H*W)
+        return (self.conv.weight.flatten(1) @ cols).view(b, 1, h, w)  # (1, 2kk) @ (B, 2kk, HW)

@@ -7,20 +7,27 @@ mip = max(8, C / r), r = 32, delta = h_swish(x) = x * ReLU6(x + 3) / 6; eqs. (7)
 g^h = sigmoid(F_h(f^h)), g^w = sigmoid(F_w(f^w)); eq. (9): y = x * g^h * g^w.
 
 Follows the official code (houqb/CoordAttention: biases on all three convs, eval-mode BN).
-Deviation: the W-pooled tensor is laid out as (B, C, 1, W) and concatenated along the last axis
-with the H-pooled one transposed, which is the same maths as the official permutes.
+Deviations: the pooled strips are concatenated as (B, H + W, C) and the three 1x1 convs run as
+matrix products on them (`matmul = True`; the official weight shapes are kept), which is the same
+maths as the official permutes and convs; `matmul = False` runs the convs (cuDNN picks slow kernels
+for these 1-pixel-high maps; benchmarks/attention.py compares both).  On CUDA the gate is a fused
+region (see fused.py).
 """
 
 from __future__ import annotations
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from ...registry import ATTENTION
+from .fused import FusableGate
 
 
 @ATTENTION.register("coord", placement="block", options={})
-class CoordAttention(nn.Module):
+class CoordAttention(FusableGate):
+    matmul = True  # False: the official 1x1 convs (same function; benchmarks/attention.py compares them)
+
     def __init__(self, channels: int, *, reduction: int = 32):
         super().__init__()
         mip = max(8, channels // reduction)
@@ -30,7 +37,19 @@ class CoordAttention(nn.Module):
         self.conv_h = nn.Conv2d(mip, channels, 1)  # F_h of eq. (7)
         self.conv_w = nn.Conv2d(mip, channels, 1)  # F_w of eq. (8)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def gate_forward(self, x: torch.Tensor) -> torch.Tensor:
+        if not self.matmul:
+            return self._conv_forward(x)
+        h, w = x.shape[-2:]
+        z = torch.cat([x.mean(3), x.mean(2)], 2).transpose(1, 2)  # (B, H + W, C): z^h of eq. (4), z^w of eq. (5)
+        f = F.linear(z, self.conv1.weight.flatten(1), self.conv1.bias)  # (B, H + W, mip), F1 of eq. (6)
+        f = self.act(self.bn1(f.transpose(1, 2).unsqueeze(2))).squeeze(2).transpose(1, 2)  # BN + h_swish
+        f_h, f_w = f.split([h, w], 1)  # (B, H, mip), (B, W, mip)
+        g_h = F.linear(f_h, self.conv_h.weight.flatten(1), self.conv_h.bias).sigmoid()  # (B, H, C), eq. (7)
+        g_w = F.linear(f_w, self.conv_w.weight.flatten(1), self.conv_w.bias).sigmoid()  # (B, W, C), eq. (8)
+        return x * g_h.transpose(1, 2)[:, :, :, None] * g_w.transpose(1, 2)[:, :, None, :]  # eq. (9)
+
+    def _conv_forward(self, x: torch.Tensor) -> torch.Tensor:
         h, w = x.shape[-2:]
         z_h = x.mean(3, keepdim=True).transpose(2, 3)  # (B, C, 1, H), eq. (4)
         z_w = x.mean(2, keepdim=True)  # (B, C, 1, W), eq. (5)

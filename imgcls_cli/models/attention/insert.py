@@ -29,6 +29,7 @@ from torchvision.ops import Conv2dNormActivation, SqueezeExcitation
 
 from ...errors import ImgclsError
 from ...registry import ATTENTION
+from . import fused
 
 MakeAttn = Callable[[int], nn.Module]
 Unit = tuple[nn.Module, int]  # (module after which a non-local block may go, its output channels)
@@ -39,9 +40,9 @@ class AttnBasicBlock(BasicBlock):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         out = self.relu(self.bn1(self.conv1(x)))
-        out = self.attn(self.bn2(self.conv2(out)))
+        out = self.bn2(self.conv2(out))
         identity = x if self.downsample is None else self.downsample(x)
-        return self.relu(out + identity)
+        return fused.residual(self.attn, out, identity)  # relu(attn(out) + identity), fused on CUDA
 
 
 class AttnBottleneck(Bottleneck):
@@ -50,9 +51,9 @@ class AttnBottleneck(Bottleneck):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         out = self.relu(self.bn1(self.conv1(x)))
         out = self.relu(self.bn2(self.conv2(out)))
-        out = self.attn(self.bn3(self.conv3(out)))
+        out = self.bn3(self.conv3(out))
         identity = x if self.downsample is None else self.downsample(x)
-        return self.relu(out + identity)
+        return fused.residual(self.attn, out, identity)  # relu(attn(out) + identity), fused on CUDA
 
 
 class _ThenAttn(nn.Module):
