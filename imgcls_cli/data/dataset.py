@@ -11,6 +11,7 @@ from __future__ import annotations
 import random
 from typing import Any
 
+import cv2
 import numpy as np
 import torch
 from torch.utils.data import Dataset
@@ -40,7 +41,9 @@ class ImageDataset(Dataset):
 
     def _seed_transform(self, index: int, epoch: int) -> None:
         s = _mix_seed(self.seed, epoch, index)  # ~1 us; np.random.SeedSequence costs ~12 us per sample
-        self.transform.set_random_state(np.random.default_rng(s), random.Random(s))
+        # a numpy Generator costs ~20 us to build: skipped when no transform of the pipeline draws from it
+        np_rng = np.random.default_rng(s) if getattr(self.transform, "needs_numpy_rng", True) else None
+        self.transform.set_random_state(np_rng, random.Random(s))
 
     def __getitem__(self, item: int | tuple[int, int]) -> tuple[torch.Tensor | None, int, int, str | None]:
         index, epoch = (item if isinstance(item, tuple) else (item, 0))
@@ -53,8 +56,27 @@ class ImageDataset(Dataset):
         if self.transform is not None:
             self._seed_transform(index, epoch)
             img = self.transform(image=img)["image"]
-        t = torch.from_numpy(np.ascontiguousarray(img)).permute(2, 0, 1)  # (3, H, W) uint8
-        return t, label, index, None
+        return torch.from_numpy(to_planar(img)), label, index, None  # (3, H, W) uint8, contiguous
+
+
+def to_planar(img: np.ndarray) -> np.ndarray:
+    """(H, W, C) uint8 -> contiguous (C, H, W): one OpenCV split here makes the batch a plain memcpy later."""
+    if img.ndim == 3 and img.shape[2] == 3 and img.dtype == np.uint8 and img.strides[1] == 3 and img.strides[2] == 1:
+        out = np.empty((3, img.shape[0], img.shape[1]), np.uint8)
+        cv2.split(img, [out[0], out[1], out[2]])  # writes into the planes of `out`
+        return out
+    return np.ascontiguousarray(np.asarray(img).transpose(2, 0, 1))
+
+
+def _stack(images: list[torch.Tensor]) -> torch.Tensor:
+    out = None
+    if torch.utils.data.get_worker_info() is not None:
+        # in a loader worker, stack straight into shared memory (as torch's default_collate does): the batch
+        # then crosses to the main process without another copy
+        numel = sum(x.numel() for x in images)
+        storage = images[0]._typed_storage()._new_shared(numel, device=images[0].device)
+        out = images[0].new(storage).resize_(len(images), *images[0].shape)
+    return torch.stack(images, out=out)
 
 
 def collate(items: list[tuple[torch.Tensor | None, int, int, str | None]]) -> dict[str, Any]:
@@ -63,7 +85,7 @@ def collate(items: list[tuple[torch.Tensor | None, int, int, str | None]]) -> di
     if not good:
         return {"images": None, "targets": None, "indices": None, "bad": bad}
     return {
-        "images": torch.stack([it[0] for it in good]),  # (B, 3, H, W) uint8
+        "images": _stack([it[0] for it in good]),  # (B, 3, H, W) uint8
         "targets": torch.tensor([it[1] for it in good], dtype=torch.long),  # (B,)
         "indices": torch.tensor([it[2] for it in good], dtype=torch.long),  # (B,)
         "bad": bad,

@@ -1,0 +1,106 @@
+"""The fast data path is the old one, bit for bit: TrainCompose vs A.Compose, planar samples, shared-memory
+collation, the one-pass CPU normaliser, and the os-level file read."""
+
+from __future__ import annotations
+
+import random
+from pathlib import Path
+
+import albumentations as A
+import numpy as np
+import pytest
+import torch
+
+from imgcls_cli.config import load_components
+from imgcls_cli.data.dataset import ImageDataset, collate, to_planar
+from imgcls_cli.data.decode import BadImage, decode_file, read_file
+from imgcls_cli.data.loader import DeviceNormalizer, make_loader
+from imgcls_cli.data.sources import ArraySource
+from imgcls_cli.data.transforms import TrainCompose, train_transform
+
+
+def _run(tf: A.Compose, img: np.ndarray, seed: int) -> np.ndarray:
+    tf.set_random_state(np.random.default_rng(seed), random.Random(seed))
+    return tf(image=img)["image"]
+
+
+@pytest.mark.parametrize("autoaugment", [None, "imagenet", "randaugment"])
+@pytest.mark.parametrize(("size", "shape", "hflip", "jitter"), [(32, (32, 32, 3), 0.5, 0.0),
+                                                                 (24, (61, 45, 3), 0.5, 0.3),
+                                                                 (16, (40, 50, 3), 0.0, 0.0),
+                                                                 (20, (30, 30, 3), 1.0, 0.0)])
+def test_train_compose_equals_albumentations_compose(autoaugment, size, shape, hflip, jitter) -> None:
+    load_components()
+    fast = train_transform(size, (0.08, 1.0), (3 / 4, 4 / 3), hflip, jitter, autoaugment)
+    assert isinstance(fast, TrainCompose)
+    ref = A.Compose(list(fast.transforms), seed=0)  # the same transform objects, albumentations' own call
+    img = np.random.default_rng(0).integers(0, 256, shape, dtype=np.uint8)
+    for seed in range(60):
+        a, b = _run(fast, img, seed), _run(ref, img, seed)
+        assert a.shape == (size, size, 3) and np.array_equal(a, b), seed
+
+
+def test_train_compose_crop_boxes_follow_the_random_resized_crop_distribution() -> None:
+    # crop area fraction uniform-ish in scale, and both flip outcomes, over many seeds (same draws as albumentations)
+    fast = train_transform(8, (0.2, 1.0), (3 / 4, 4 / 3), 0.5)
+    img = np.zeros((64, 64, 3), np.uint8)
+    img[:, :32] = 255  # left half white: the mean of the output tells the crop and the flip apart
+    means = [float(_run(fast, img, s)[:, :4].mean()) for s in range(400)]
+    ref = A.Compose(list(fast.transforms), seed=0)
+    assert means == [float(_run(ref, img, s)[:, :4].mean()) for s in range(400)]
+    assert 0.3 < np.mean(np.array(means) > 127) < 0.7
+
+
+def test_train_compose_falls_back_for_other_inputs() -> None:
+    fast = train_transform(8, (0.5, 1.0), (3 / 4, 4 / 3), 0.5)
+    gray = np.random.default_rng(1).integers(0, 256, (20, 20, 1), dtype=np.uint8)
+    ref = A.Compose(list(fast.transforms), seed=0)
+    assert np.array_equal(_run(fast, gray, 3), _run(ref, gray, 3))
+    f32 = gray.astype(np.float32) / 255
+    assert np.array_equal(_run(fast, f32, 3), _run(ref, f32, 3))
+
+
+def test_dataset_samples_are_planar_contiguous_and_equal_to_the_permuted_image() -> None:
+    imgs = np.random.default_rng(2).integers(0, 256, (5, 12, 10, 3), dtype=np.uint8)
+    ds = ImageDataset(ArraySource(imgs, np.arange(5) % 2), None)
+    for i in range(5):
+        t = ds[i][0]
+        assert t.is_contiguous() and torch.equal(t, torch.from_numpy(imgs[i]).permute(2, 0, 1))
+    view = imgs[0][:, ::-1]  # negative stride: the generic path
+    assert np.array_equal(to_planar(view), view.transpose(2, 0, 1))
+
+
+def test_collate_in_workers_gives_the_same_batches_as_in_process() -> None:
+    imgs = np.random.default_rng(3).integers(0, 256, (10, 8, 8, 3), dtype=np.uint8)
+    ds = ImageDataset(ArraySource(imgs, np.arange(10) % 3), train_transform(6, (0.5, 1.0), (3 / 4, 4 / 3), 0.5))
+    items = [(i, 0) for i in range(10)]
+    a = list(make_loader(ds, items, 4, workers=0, pin_memory=False))
+    b = list(make_loader(ds, items, 4, workers=2, pin_memory=False))
+    assert len(a) == len(b) == 3
+    for x, y in zip(a, b, strict=True):
+        assert torch.equal(x["images"], y["images"]) and torch.equal(x["targets"], y["targets"])
+    one = collate([ds[(0, 0)], (None, 1, 1, "bad")])
+    assert one["images"].shape == (1, 3, 6, 6) and one["bad"] == [(1, "bad")]
+
+
+@pytest.mark.parametrize("shape", [(3, 3, 5, 7), (2, 3, 32, 32)])
+def test_cpu_normaliser_one_pass_matches_the_torch_formula(shape) -> None:
+    mean, std = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
+    norm = DeviceNormalizer(mean, std, torch.device("cpu"))
+    x = torch.randint(0, 256, shape, dtype=torch.uint8)
+    ref = (x.float() - torch.tensor(mean).view(1, 3, 1, 1) * 255) / (torch.tensor(std).view(1, 3, 1, 1) * 255)
+    out = norm(x)
+    assert out.dtype == torch.float32 and out.is_contiguous() and out.shape == x.shape
+    torch.testing.assert_close(out, ref, rtol=0, atol=1e-5)
+    torch.testing.assert_close(norm(x.permute(0, 1, 3, 2).contiguous().permute(0, 1, 3, 2)), ref, rtol=0, atol=1e-5)
+
+
+def test_read_file_returns_the_bytes_and_names_the_error(tmp_path: Path) -> None:
+    p = tmp_path / "a.bin"
+    data = bytes(range(256)) * 3000
+    p.write_bytes(data)
+    assert read_file(p) == data and read_file(str(p)) == data
+    (tmp_path / "empty.jpg").write_bytes(b"")
+    assert read_file(tmp_path / "empty.jpg") == b""
+    with pytest.raises(BadImage, match="cannot read"):
+        decode_file(tmp_path / "missing.jpg")
