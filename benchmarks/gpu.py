@@ -1,14 +1,20 @@
 """One-call GPU benchmark: imgcls beside the references, same process, same protocol.
 
 Protocol of ../shared/bench/gpu_anchors.py: bf16 autocast, channels_last, SGD(momentum), batch 256
-at 224 px (ResNet-50), synthetic input; median of 3 x N timed steps after warm-up.
-  1. training step: torchvision resnet50 eager loop vs imgcls's step (uint8 batch -> on-device
-     normalise -> Task.train_step -> fused SGD), eager and with torch.compile;
-  2. attention: imgcls resnet50 + se/cbam/coord/nonlocal vs timm seresnet50 / resnet50+CBAM;
-  3. end to end from JPEG files at 448 px (cub_subset copied to .bench_data/): `imgcls train`
-     vs an ImageFolder + PIL + DataLoader loop, both with all CPU cores as workers;
-  4. Grad-CAM ms/image vs pytorch-grad-cam (when installed).
-Writes $OUT/gpu_bench.json.   Usage: python benchmarks/gpu.py [--smoke] [--skip-compile]
+at 224 px (ResNet-50), synthetic input; median of 3 x N timed steps after warm-up.  Sections, in
+priority order (each is skipped when it would start after --budget seconds, so one device call
+always returns the most important numbers):
+  micro     attention gate kernels alone: CBAM spatial conv (cuDNN vs im2col) and CA (conv vs matmul)
+  step      torchvision resnet50 eager loop vs imgcls's step (uint8 -> on-device normalise ->
+            Task.train_step -> fused SGD)
+  attn      imgcls resnet50 + se/cbam/coord (fused gates) / nonlocal, eager, cost vs plain
+  compiled  imgcls resnet50 and torchvision resnet50 with torch.compile
+  e2e       JPEG files -> GPU training at 448 px, batch 64: `imgcls train` vs an ImageFolder + PIL loop,
+            all cores as workers, over .bench_data/cub_subset repeated x16 (symlinks), vs synthetic
+  attn_compiled   whole-model torch.compile of resnet50 + se/cbam/coord, cost vs compiled plain
+  timm      timm seresnet50 / resnet50+CBAM eager (the issue's reference costs)
+  cam       Grad-CAM ms/image vs pytorch-grad-cam
+Writes $OUT/gpu_bench.json.   Usage: python benchmarks/gpu.py [--smoke] [--budget S] [--only a,b]
 """
 
 from __future__ import annotations
@@ -36,27 +42,23 @@ from imgcls_cli.methods import task_class  # noqa: E402
 
 p = argparse.ArgumentParser()
 p.add_argument("--smoke", action="store_true")
-p.add_argument("--skip-compile", action="store_true")
+p.add_argument("--budget", type=float, default=1e9, help="seconds; later sections are skipped past it")
+p.add_argument("--only", default="", help="comma-separated sections (default: all)")
 p.add_argument("--out", default=os.path.join(os.environ.get("OUT", "."), "gpu_bench.json"))
 args = p.parse_args()
+T0 = time.perf_counter()
 dev = torch.device("cuda" if torch.cuda.is_available() else "cpu")
 torch.backends.cudnn.benchmark = True
 torch.backends.cuda.matmul.allow_tf32 = True
 torch.backends.cudnn.allow_tf32 = True
 RES: dict = {"device": torch.cuda.get_device_name() if dev.type == "cuda" else "cpu", "torch": torch.__version__,
-             "date": time.strftime("%Y-%m-%d %H:%M"), "runs": []}
+             "cpus": os.cpu_count(), "date": time.strftime("%Y-%m-%d %H:%M"), "runs": []}
 print(RES, flush=True)
 
 
 def sync() -> None:
     if dev.type == "cuda":
         torch.cuda.synchronize()
-
-
-def timed(step, bs: int, steps: int = 30, warm: int = 10) -> tuple[float, float]:
-    if args.smoke:
-        steps, warm = 2, 1
-    return median_rate(step, bs, steps, warm, dev)
 
 
 def record(name: str, **kw) -> None:
@@ -109,54 +111,131 @@ def imgcls_step(backbone: str, bs: int, px: int, ncls: int, attn: str = "none", 
     return step
 
 
-def section(fn) -> None:
-    try:
-        fn()
-    except Exception as e:  # keep going: one failure must not lose the other numbers
-        record(f"FAILED {fn.__name__}", error=repr(e)[:400])
-    if dev.type == "cuda":
-        torch.cuda.empty_cache()
-
-
 BS, PX = (8, 64) if args.smoke else (256, 224)
+STEPS, WARM = (2, 1) if args.smoke else (20, 8)
 
 
-def s1_step() -> None:
-    ref, w = timed(reference_step(lambda: torchvision.models.resnet50(num_classes=1000), BS, PX, 1000), BS)
+def rate(step, bs: int = BS, steps: int = STEPS, warm: int = WARM) -> tuple[float, float]:
+    return median_rate(step, bs, steps, warm, dev)
+
+
+def micro() -> None:
+    """Gate kernels alone, fwd + bwd on ResNet-50 stage shapes, weighted by blocks per stage (3, 4, 6, 3)."""
+    from imgcls_cli.models.attention.cbam import CBAM
+    from imgcls_cli.models.attention.coord import CoordAttention
+
+    shapes = [(256, 56, 3), (512, 28, 4), (1024, 14, 6), (2048, 7, 3)]
+    b = 2 if args.smoke else BS
+    ms: dict = {}
+    for cls, attr, variants in ((CBAM, "spatial", ("conv", "unfold")), (CoordAttention, "matmul", (False, True))):
+        for v in variants:
+            setattr(cls, attr, v)
+            total = 0.0
+            for c, hw, n in shapes:
+                m = cls(c).to(dev)
+                x = torch.randn(b, c, hw, hw, device=dev).to(memory_format=torch.channels_last).requires_grad_()
+
+                def fb(m=m, x=x) -> None:
+                    with torch.autocast(dev.type, dtype=torch.bfloat16):
+                        y = m.gate_forward(x)
+                    y.float().sum().backward()
+
+                r, _ = median_rate(fb, 1, 5 if not args.smoke else 1, 2, dev)
+                total += n * 1000 / r
+            ms[f"{cls.__name__}.{attr}={v}"] = round(total, 2)
+        best = min(variants, key=lambda v: ms[f"{cls.__name__}.{attr}={v}"])
+        setattr(cls, attr, best)  # the sections below use the faster form
+        ms[f"{cls.__name__}.{attr} chosen"] = best
+    record("micro_gate_ms_per_resnet50_step_fwd_bwd_eager", **ms)
+
+
+def step() -> None:
+    ref, w = rate(reference_step(lambda: torchvision.models.resnet50(num_classes=1000), BS, PX, 1000))
     record("tv_resnet50_eager", img_s=round(ref, 1), warm_s=round(w, 1))
-    mine, w = timed(imgcls_step("resnet50", BS, PX, 1000), BS)
+    mine, w = rate(imgcls_step("resnet50", BS, PX, 1000))
     record("imgcls_resnet50_eager", img_s=round(mine, 1), ratio_vs_tv=round(mine / ref, 3), warm_s=round(w, 1))
-    RES["tv_resnet50_eager"] = ref
-    if not args.skip_compile:
-        c, w = timed(imgcls_step("resnet50", BS, PX, 1000, compile_=True), BS)
-        record("imgcls_resnet50_compiled", img_s=round(c, 1), ratio_vs_tv_eager=round(c / ref, 3),
+    RES["tv_resnet50_eager"], RES["imgcls_resnet50_eager"] = ref, mine
+
+
+def attn() -> None:
+    plain = RES.get("imgcls_resnet50_eager") or rate(imgcls_step("resnet50", BS, PX, 1000))[0]
+    for a in ("se", "cbam", "coord", "nonlocal"):
+        v, w = rate(imgcls_step("resnet50", BS, PX, 1000, attn=a))
+        record(f"imgcls_resnet50_{a}_eager", img_s=round(v, 1), cost_vs_plain=round(1 - v / plain, 3),
+               warm_s=round(w, 1), fused=a != "nonlocal")
+
+
+def compiled() -> None:
+    c, w = rate(imgcls_step("resnet50", BS, PX, 1000, compile_=True))
+    RES["imgcls_resnet50_compiled"] = c
+    record("imgcls_resnet50_compiled", img_s=round(c, 1), warm_s=round(w, 1))
+    r, w = rate(reference_step(lambda: torchvision.models.resnet50(num_classes=1000), BS, PX, 1000, compile_=True))
+    record("tv_resnet50_compiled", img_s=round(r, 1), warm_s=round(w, 1), imgcls_ratio=round(c / r, 3))
+
+
+def cudagraphs() -> None:
+    """torch.compile(mode="reduce-overhead"): CUDA graphs for forward and backward (launch gaps)."""
+    model = torchvision.models.resnet50(num_classes=1000).to(dev).to(memory_format=torch.channels_last)
+    cmodel = torch.compile(model, mode="reduce-overhead")
+    opt = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9, weight_decay=1e-4, fused=True)
+    x = torch.randn(BS, 3, PX, PX, device=dev).to(memory_format=torch.channels_last)
+    y = torch.randint(0, 1000, (BS,), device=dev)
+    crit = torch.nn.CrossEntropyLoss(label_smoothing=0.1)
+
+    def one() -> None:
+        torch.compiler.cudagraph_mark_step_begin()
+        with torch.autocast(dev.type, dtype=torch.bfloat16):
+            loss = crit(cmodel(x), y)
+        loss.backward()
+        opt.step()
+        opt.zero_grad(set_to_none=True)
+
+    r, w = rate(one)
+    c = RES.get("imgcls_resnet50_compiled")
+    record("tv_resnet50_compiled_cudagraphs_fusedsgd", img_s=round(r, 1), warm_s=round(w, 1),
+           vs_imgcls_compiled=round(r / c, 3) if c else None)
+
+
+def attn_compiled() -> None:
+    plain = RES.get("imgcls_resnet50_compiled") or rate(imgcls_step("resnet50", BS, PX, 1000, compile_=True))[0]
+    for a in ("cbam", "coord", "se"):
+        v, w = rate(imgcls_step("resnet50", BS, PX, 1000, attn=a, compile_=True))
+        record(f"imgcls_resnet50_{a}_compiled", img_s=round(v, 1), cost_vs_compiled_plain=round(1 - v / plain, 3),
                warm_s=round(w, 1))
 
 
-def s2_attention() -> None:
+def timm_refs() -> None:
     import timm
 
     base = RES.get("tv_resnet50_eager")
-    plain, _ = timed(imgcls_step("resnet50", BS, PX, 1000), BS)
-    record("imgcls_resnet50_plain", img_s=round(plain, 1))
-    for attn in [a for a in ic.components()["attn"] if a != "none"]:
-        v, _ = timed(imgcls_step("resnet50", BS, PX, 1000, attn=attn), BS)
-        record(f"imgcls_resnet50_{attn}", img_s=round(v, 1), cost_vs_plain=round(1 - v / plain, 3))
     for name, make in [("timm_seresnet50", lambda: timm.create_model("seresnet50", num_classes=1000)),
                        ("timm_resnet50_cbam", lambda: timm.create_model("resnet50", num_classes=1000,
                                                                          block_args={"attn_layer": "cbam"}))]:
-        v, _ = timed(reference_step(make, BS, PX, 1000), BS)
+        v, _ = rate(reference_step(make, BS, PX, 1000))
         record(name, img_s=round(v, 1), cost_vs_tv=round(1 - v / base, 3) if base else None)
 
 
-def s3_end_to_end() -> None:
-    data = REPO / ".bench_data" / "cub_subset"
-    if not (data / "train").is_dir():
-        record("e2e_skipped", reason=f"{data} absent")
+def _repeat_folder(src: Path, times: int) -> Path:
+    """src/{train,test}/<class>/*.jpg -> a temporary tree whose train split holds each file `times` times
+    (symlinks), so that an epoch lasts long enough to time the steady state."""
+    dst = Path(tempfile.mkdtemp()) / "data"
+    for split, k in (("train", times), ("test", 1)):
+        for f in sorted((src / split).glob("*/*")):
+            (dst / split / f.parent.name).mkdir(parents=True, exist_ok=True)
+            for r in range(k):
+                (dst / split / f.parent.name / f"{r}_{f.name}").symlink_to(f.resolve())
+    return dst
+
+
+def e2e() -> None:
+    src = REPO / ".bench_data" / "cub_subset"
+    if not (src / "train").is_dir():
+        record("e2e_skipped", reason=f"{src} absent")
         return
     from torchvision import transforms as T
 
-    bs, px, workers = (8, 64, 2) if args.smoke else (64, 448, os.cpu_count())
+    bs, px, workers, times = (8, 64, 2, 1) if args.smoke else (64, 448, os.cpu_count(), 16)
+    data = _repeat_folder(src, times)
     tf = T.Compose([T.RandomResizedCrop(px), T.RandomHorizontalFlip(), T.ToTensor(),
                     T.Normalize([0.485, 0.456, 0.406], [0.229, 0.224, 0.225])])
     ds = torchvision.datasets.ImageFolder(str(data / "train"), tf)
@@ -166,36 +245,36 @@ def s3_end_to_end() -> None:
     opt = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9)
     crit = torch.nn.CrossEntropyLoss()
     n, t = 0, None
-    for _epoch in range(2 if not args.smoke else 1):
-        for i, (x, y) in enumerate(dl):
-            if t is None and i == 2:
-                sync()
-                t, n = time.perf_counter(), 0
-            x = x.to(dev, non_blocking=True).to(memory_format=torch.channels_last)
-            y = y.to(dev, non_blocking=True)
-            with torch.autocast(dev.type, dtype=torch.bfloat16):
-                loss = crit(model(x), y)
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
-            n += x.shape[0]
+    for i, (x, y) in enumerate(dl):  # one epoch; the clock starts at batch 10 (workers and cuDNN warm)
+        if t is None and i == (10 if not args.smoke else 1):
+            sync()
+            t, n = time.perf_counter(), 0
+        x = x.to(dev, non_blocking=True).to(memory_format=torch.channels_last)
+        y = y.to(dev, non_blocking=True)
+        with torch.autocast(dev.type, dtype=torch.bfloat16):
+            loss = crit(model(x), y)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        n += x.shape[0]
     sync()
     ref = n / (time.perf_counter() - t)
-    record("e2e_448_torchvision_imagefolder", img_s=round(ref, 1), workers=workers)
+    del dl, model, opt
+    record("e2e_448_torchvision_imagefolder_pil", img_s=round(ref, 1), workers=workers, images=len(ds))
     out = Path(tempfile.mkdtemp())
     ic.train(**{"data.path": str(data), "data.img_size": px, "data.workers": workers, "model.backbone": "resnet50",
                 "train.epochs": 3 if not args.smoke else 1, "train.batch_size": bs, "optim.lr": 0.01,
                 "train.out": str(out / "r"), "train.progress": False, "train.eval_every": 100,
-                "train.finite_check": "log"})
+                "train.finite_check": "log", "train.tensorboard": False})
     rows = [json.loads(x) for x in (out / "r" / "metrics.jsonl").read_text().splitlines()]
-    mine = max(r["img_per_s"] for r in rows)
-    record("e2e_448_imgcls_train", img_s=round(mine, 1), ratio_vs_ref=round(mine / ref, 3), workers=workers,
-           per_epoch=[round(r["img_per_s"], 1) for r in rows])
-    syn, _ = timed(imgcls_step("resnet50", bs, px, len(ds.classes)), bs, steps=10, warm=3)
-    record("synthetic_448_imgcls_step", img_s=round(syn, 1), e2e_fraction=round(mine / syn, 3))
+    per_epoch = [round(r["img_per_s"], 1) for r in rows if "img_per_s" in r]
+    mine = max(per_epoch)
+    syn, _ = rate(imgcls_step("resnet50", bs, px, len(ds.classes)), bs, steps=10, warm=3)
+    record("e2e_448_imgcls_train", img_s=round(mine, 1), per_epoch=per_epoch, synthetic_img_s=round(syn, 1),
+           e2e_fraction_of_synthetic=round(mine / syn, 3), ratio_vs_tv_loop=round(mine / ref, 3), workers=workers)
 
 
-def s4_cam() -> None:
+def cam() -> None:
     try:
         from pytorch_grad_cam import GradCAM
         from pytorch_grad_cam.utils.model_targets import ClassifierOutputTarget
@@ -205,23 +284,36 @@ def s4_cam() -> None:
     model = ic.build_model("resnet50", num_classes=1000).to(dev).eval()
     x = torch.randn(16 if not args.smoke else 2, 3, 224, 224, device=dev)
     targets = model(x).argmax(1).tolist()
-
-    def mine():
-        ic.cam(model, x, method="gradcam")
-
     ref_cam = GradCAM(model=model, target_layers=[model.layer4[-1]])
-
-    def ref():
-        ref_cam(input_tensor=x, targets=[ClassifierOutputTarget(t) for t in targets])
-
-    a, _ = timed(mine, x.shape[0], steps=5, warm=2)
-    b, _ = timed(ref, x.shape[0], steps=5, warm=2)
+    a, _ = rate(lambda: ic.cam(model, x, method="gradcam"), x.shape[0], steps=5, warm=2)
+    b, _ = rate(lambda: ref_cam(input_tensor=x, targets=[ClassifierOutputTarget(t) for t in targets]), x.shape[0],
+                steps=5, warm=2)
     record("gradcam_ms_per_image", imgcls=round(1000 / a, 3), pytorch_grad_cam=round(1000 / b, 3),
            speedup=round(a / b, 3))
 
 
-for fn in (s1_step, s2_attention, s4_cam, s3_end_to_end):
-    section(fn)
+# (section, rough seconds on an H200 incl. compilation): skipped when it would end past --budget
+SECTIONS = [(micro, 20), (step, 40), (attn, 130), (compiled, 120), (e2e, 100), (attn_compiled, 170),
+            (timm_refs, 30), (cam, 15), (cudagraphs, 70)]
+only = set(filter(None, args.only.split(",")))
+for fn, est in SECTIONS:
+    if only and fn.__name__ not in only:
+        continue
+    elapsed = time.perf_counter() - T0
+    if elapsed + est > args.budget:
+        record(f"SKIPPED {fn.__name__}", reason=f"{elapsed:.0f}s elapsed + ~{est}s > budget {args.budget:.0f}s")
+        continue
+    t = time.perf_counter()
+    try:
+        fn()
+    except Exception as e:  # keep going: one failure must not lose the other numbers
+        record(f"FAILED {fn.__name__}", error=repr(e)[:600])
+    RES.setdefault("section_s", {})[fn.__name__] = round(time.perf_counter() - t, 1)
+    if dev.type == "cuda":
+        torch.cuda.empty_cache()
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     Path(args.out).write_text(json.dumps(RES, indent=1))
-print(json.dumps(RES, indent=1))
+print("\n== summary ==")
+for r in RES["runs"]:
+    print(" ", json.dumps(r))
+print("section seconds:", RES.get("section_s"), "total", round(time.perf_counter() - T0))

@@ -64,7 +64,8 @@ def _compiled(fn: Callable, backend: str) -> Callable:
     import torch._dynamo
 
     cfg = torch._dynamo.config
-    cfg.recompile_limit = max(cfg.recompile_limit, _MIN_RECOMPILE_LIMIT)
+    name = "recompile_limit" if hasattr(cfg, "recompile_limit") else "cache_size_limit"  # renamed in torch 2.6
+    setattr(cfg, name, max(getattr(cfg, name), _MIN_RECOMPILE_LIMIT))
     return torch.compile(fn, backend=backend, dynamic=False)
 
 
