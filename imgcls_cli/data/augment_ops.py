@@ -33,14 +33,25 @@ def _lut(img: np.ndarray, table: np.ndarray) -> np.ndarray:
 
 
 def _gray(img: np.ndarray) -> np.ndarray:
-    # ITU-R 601-2 luma as torchvision's rgb_to_grayscale, truncated to uint8, as float32 (H, W)
-    f = img.astype(np.float32)
-    return np.floor(0.2989 * f[..., 0] + 0.587 * f[..., 1] + 0.114 * f[..., 2])
+    # ITU-R 601-2 luma as torchvision's rgb_to_grayscale, truncated to uint8, as float32 (H, W); computed on
+    # contiguous planes (the same float32 operations in the same order as on the interleaved channels)
+    r, g, b = (p.astype(np.float32) for p in cv2.split(img))
+    r *= 0.2989
+    g *= 0.587
+    b *= 0.114
+    r += g
+    r += b
+    return np.floor(r, out=r)
 
 
-def _blend(img: np.ndarray, degenerate: np.ndarray, factor: float) -> np.ndarray:
-    out = factor * img.astype(np.float32) + (1.0 - factor) * degenerate
-    return np.clip(out, 0, 255).astype(np.uint8)  # astype truncates, as torch's .to(uint8)
+def _blend(img: np.ndarray, degenerate: np.ndarray, factor: float, img_f32: np.ndarray | None = None) -> np.ndarray:
+    # factor * img + (1 - factor) * degenerate in float32, in place (no temporaries), truncated as torch's .to(uint8);
+    # `img_f32` (img as float32) is consumed when given, and `degenerate` is left alone
+    out = img.astype(np.float32) if img_f32 is None else img_f32
+    out *= factor
+    out += degenerate * (1.0 - factor)
+    np.clip(out, 0, 255, out=out)
+    return out.astype(np.uint8)
 
 
 def _warp(img: np.ndarray, inverse: np.ndarray) -> np.ndarray:
@@ -90,10 +101,12 @@ def sharpness(img: np.ndarray, m: float) -> np.ndarray:
     # degenerate = 3x3 smoothing [[1,1,1],[1,5,1],[1,1,1]] / 13, rounded; the one-pixel border keeps the input
     kernel = np.ones((3, 3), np.float32)
     kernel[1, 1] = 5.0
-    blurred = cv2.filter2D(img.astype(np.float32), -1, kernel / 13.0, borderType=cv2.BORDER_REFLECT)
-    degenerate = img.astype(np.float32)
-    degenerate[1:-1, 1:-1] = np.round(blurred[1:-1, 1:-1])
-    return _blend(img, degenerate, 1.0 + m)
+    f = img.astype(np.float32)
+    degenerate = cv2.filter2D(f, -1, kernel / 13.0, borderType=cv2.BORDER_REFLECT)
+    inner = degenerate[1:-1, 1:-1]
+    np.round(inner, out=inner)
+    degenerate[0], degenerate[-1], degenerate[:, 0], degenerate[:, -1] = f[0], f[-1], f[:, 0], f[:, -1]
+    return _blend(img, degenerate, 1.0 + m, img_f32=f)
 
 
 def posterize(img: np.ndarray, bits: float) -> np.ndarray:
@@ -106,12 +119,16 @@ def solarize(img: np.ndarray, threshold: float) -> np.ndarray:
 
 
 def autocontrast(img: np.ndarray, _m: float = 0.0) -> np.ndarray:
-    lo = img.min(axis=(0, 1)).astype(np.float32)  # (3,)
-    hi = img.max(axis=(0, 1)).astype(np.float32)  # (3,)
+    # per channel (v - lo) * 255 / (hi - lo) in float32, clipped and truncated, applied as a lookup table
+    c = img.shape[2]
+    bounds = [cv2.minMaxLoc(p)[:2] for p in cv2.split(img)] if c <= 4 else None
+    lo = np.array([b[0] for b in bounds], np.float32) if bounds else img.min(axis=(0, 1)).astype(np.float32)
+    hi = np.array([b[1] for b in bounds], np.float32) if bounds else img.max(axis=(0, 1)).astype(np.float32)
     flat = hi == lo
     scale = np.where(flat, 1.0, 255.0 / np.where(flat, 1.0, hi - lo))
     lo = np.where(flat, 0.0, lo)
-    return np.clip((img.astype(np.float32) - lo) * scale, 0, 255).astype(np.uint8)
+    table = np.clip((_RAMP[:, None] - lo) * scale, 0, 255).astype(np.uint8)  # (256, C)
+    return cv2.LUT(img, table.reshape(1, 256, c)) if c in (1, 3, 4) else table[img, np.arange(c)]
 
 
 def equalize(img: np.ndarray, _m: float = 0.0) -> np.ndarray:
