@@ -14,7 +14,7 @@ import torch
 from imgcls_cli.config import load_components
 from imgcls_cli.data.dataset import ImageDataset, collate, to_planar
 from imgcls_cli.data.decode import BadImage, decode_file, read_file
-from imgcls_cli.data.loader import DeviceNormalizer, make_loader
+from imgcls_cli.data.loader import DeviceNormalizer
 from imgcls_cli.data.sources import ArraySource
 from imgcls_cli.data.transforms import TrainCompose, train_transform
 
@@ -70,16 +70,18 @@ def test_dataset_samples_are_planar_contiguous_and_equal_to_the_permuted_image()
     assert np.array_equal(to_planar(view), view.transpose(2, 0, 1))
 
 
-def test_collate_in_workers_gives_the_same_batches_as_in_process() -> None:
-    imgs = np.random.default_rng(3).integers(0, 256, (10, 8, 8, 3), dtype=np.uint8)
-    ds = ImageDataset(ArraySource(imgs, np.arange(10) % 3), train_transform(6, (0.5, 1.0), (3 / 4, 4 / 3), 0.5))
-    items = [(i, 0) for i in range(10)]
-    a = list(make_loader(ds, items, 4, workers=0, pin_memory=False))
-    b = list(make_loader(ds, items, 4, workers=2, pin_memory=False))
-    assert len(a) == len(b) == 3
-    for x, y in zip(a, b, strict=True):
-        assert torch.equal(x["images"], y["images"]) and torch.equal(x["targets"], y["targets"])
-    one = collate([ds[(0, 0)], (None, 1, 1, "bad")])
+def test_collate_in_a_worker_stacks_into_shared_memory(monkeypatch: pytest.MonkeyPatch) -> None:
+    # no real worker processes here: forking a test process that loaded other native libraries can hang
+    imgs = np.random.default_rng(3).integers(0, 256, (4, 8, 8, 3), dtype=np.uint8)
+    ds = ImageDataset(ArraySource(imgs, np.arange(4) % 3), train_transform(6, (0.5, 1.0), (3 / 4, 4 / 3), 0.5))
+    items = [ds[(i, 0)] for i in range(4)]
+    plain = collate(items)
+    monkeypatch.setattr(torch.utils.data, "get_worker_info", lambda: object())
+    shared = collate(items)
+    assert shared["images"].is_shared() and not plain["images"].is_shared()
+    assert torch.equal(plain["images"], shared["images"]) and torch.equal(plain["targets"], shared["targets"])
+    assert torch.equal(plain["images"][1], items[1][0])
+    one = collate([items[0], (None, 1, 1, "bad")])
     assert one["images"].shape == (1, 3, 6, 6) and one["bad"] == [(1, "bad")]
 
 
@@ -104,3 +106,26 @@ def test_read_file_returns_the_bytes_and_names_the_error(tmp_path: Path) -> None
     assert read_file(tmp_path / "empty.jpg") == b""
     with pytest.raises(BadImage, match="cannot read"):
         decode_file(tmp_path / "missing.jpg")
+
+
+def test_cpu_normaliser_never_overwrites_a_batch_that_is_still_alive() -> None:
+    norm = DeviceNormalizer((0.5, 0.5, 0.5), (0.25, 0.25, 0.25), torch.device("cpu"))
+    xs = [torch.full((2, 3, 6, 6), v, dtype=torch.uint8) for v in (10, 200, 90, 30)]
+    conv = torch.nn.Conv2d(3, 1, 3)
+    out = norm(xs[0])
+    kept_view, kept_np = norm(xs[1])[1:], norm(xs[2]).numpy()
+    loss = conv(out).sum()  # autograd saves `out` itself
+    saved = out.clone()
+    del out
+    for x in xs * 3:  # more batches than the pool holds
+        norm(x)
+    loss.backward()
+    ref = conv.weight.grad.clone()
+    conv.weight.grad = None
+    conv(saved).sum().backward()
+    assert torch.equal(conv.weight.grad, ref)
+    assert torch.equal(kept_view, norm(xs[1])[1:]) and np.array_equal(kept_np, norm(xs[2]).numpy())
+    a = norm(xs[3])
+    ptr = a.data_ptr()
+    del a
+    assert norm(xs[3]).data_ptr() == ptr  # a freed batch's memory is reused

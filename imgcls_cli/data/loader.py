@@ -6,8 +6,10 @@ bytes than float32); `DeviceNormalizer` turns them into normalised float tensors
 
 from __future__ import annotations
 
+import sys
 from typing import Any
 
+import numpy as np
 import torch
 from torch.utils.data import DataLoader, Sampler
 
@@ -44,6 +46,7 @@ class DeviceNormalizer:
         # CPU: (x - mean) / std as x * a_c + b_c per channel, in one OpenCV pass from uint8 (torch's
         # uint8 -> float conversion alone costs about as much as the whole pass)
         scale = 1.0 / (torch.tensor(std, dtype=torch.float64) * 255.0)
+        self._pool: list[np.ndarray] = []
         self._cpu_ab = [(float(a), float(-m * 255.0 * a)) for m, a in zip(mean, scale.tolist(), strict=True)]
 
     def __call__(self, images: torch.Tensor) -> torch.Tensor:
@@ -60,9 +63,22 @@ class DeviceNormalizer:
         import cv2
 
         b, c, h, w = images.shape
-        out = torch.empty((b, c, h, w), dtype=torch.float32)
+        buf = self._free_buffer((b, c, h * w))
         src = images.numpy().reshape(b, c, h * w)
-        dst = out.numpy().reshape(b, c, h * w)  # a view: cv2 writes the (B, H*W) planes of each channel in place
-        for k, (a, off) in enumerate(self._cpu_ab):
-            cv2.addWeighted(src[:, k], a, src[:, k], 0.0, off, dst=dst[:, k], dtype=cv2.CV_32F)
-        return out
+        for k, (a, off) in enumerate(self._cpu_ab):  # cv2 writes the (B, H*W) plane of each channel in place
+            cv2.addWeighted(src[:, k], a, src[:, k], 0.0, off, dst=buf[:, k], dtype=cv2.CV_32F)
+        return torch.from_numpy(buf).view(b, c, h, w)
+
+    def _free_buffer(self, shape: tuple[int, ...]) -> np.ndarray:
+        """A float32 array of `shape` that no live tensor uses, recycled from earlier batches.
+
+        A fresh 224-px batch costs as much in first-touch page faults as the normalisation itself.  A tensor made
+        by torch.from_numpy keeps its array referenced until the last tensor, view or autograd-saved copy of
+        it is freed, so an array whose only references are this pool's is safe to overwrite.
+        """
+        for arr in self._pool:
+            if arr.shape == shape and sys.getrefcount(arr) <= 3:  # the pool's list, `arr`, getrefcount's argument
+                return arr
+        arr = np.empty(shape, np.float32)
+        self._pool = [arr, *self._pool[:1]]  # two: the step's batch is still alive while the next one is made
+        return arr
