@@ -129,3 +129,47 @@ def test_cpu_normaliser_never_overwrites_a_batch_that_is_still_alive() -> None:
     ptr = a.data_ptr()
     del a
     assert norm(xs[3]).data_ptr() == ptr  # a freed batch's memory is reused
+
+
+def _ref_gray(img: np.ndarray) -> np.ndarray:  # the straightforward formulas the fast ops replaced
+    f = img.astype(np.float32)
+    return np.floor(0.2989 * f[..., 0] + 0.587 * f[..., 1] + 0.114 * f[..., 2])
+
+
+def _ref_blend(img: np.ndarray, degenerate: np.ndarray, factor: float) -> np.ndarray:
+    return np.clip(factor * img.astype(np.float32) + (1.0 - factor) * degenerate, 0, 255).astype(np.uint8)
+
+
+def _ref_op(name: str, img: np.ndarray, m: float) -> np.ndarray:
+    import cv2
+
+    if name == "Color":
+        return _ref_blend(img, _ref_gray(img)[..., None], 1.0 + m)
+    if name == "Contrast":
+        f = 1.0 + m
+        table = np.floor(f * np.arange(256, dtype=np.float32) + (1.0 - f) * float(_ref_gray(img).mean()))
+        return cv2.LUT(img, np.clip(table, 0, 255).astype(np.uint8))
+    if name == "Sharpness":
+        kernel = np.ones((3, 3), np.float32)
+        kernel[1, 1] = 5.0
+        blurred = cv2.filter2D(img.astype(np.float32), -1, kernel / 13.0, borderType=cv2.BORDER_REFLECT)
+        degenerate = img.astype(np.float32)
+        degenerate[1:-1, 1:-1] = np.round(blurred[1:-1, 1:-1])
+        return _ref_blend(img, degenerate, 1.0 + m)
+    lo, hi = img.min(axis=(0, 1)).astype(np.float32), img.max(axis=(0, 1)).astype(np.float32)
+    flat = hi == lo
+    scale = np.where(flat, 1.0, 255.0 / np.where(flat, 1.0, hi - lo))
+    return np.clip((img.astype(np.float32) - np.where(flat, 0.0, lo)) * scale, 0, 255).astype(np.uint8)
+
+
+@pytest.mark.parametrize("name", ["Color", "Contrast", "Sharpness", "AutoContrast"])
+def test_fast_colour_ops_are_bit_identical_to_the_plain_formulas(name: str) -> None:
+    from imgcls_cli.data.augment_ops import apply_op
+
+    rng = np.random.default_rng(4)
+    imgs = [rng.integers(0, 256, s, dtype=np.uint8) for s in ((32, 32, 3), (17, 23, 3), (96, 80, 3), (1, 1, 3))]
+    imgs.append(np.dstack([np.full((8, 8), 3, np.uint8), imgs[0][:8, :8, 1], np.full((8, 8), 255, np.uint8)]))
+    imgs.append((imgs[2] // 4 + 60).astype(np.uint8))  # low contrast
+    for img in imgs:
+        for m in (-0.9, -0.3, 0.0, 0.45, 0.99):
+            assert np.array_equal(apply_op(img, name, m), _ref_op(name, img, m)), (img.shape, m)
