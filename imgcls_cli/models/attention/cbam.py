@@ -10,10 +10,11 @@ conv(2 -> 1, k, no bias) -> BN (momentum 0.01) -> sigmoid, and that BN's gamma s
 spatial gate starts at sigmoid(0) = 0.5 everywhere).  The channel-pooled map is ordered
 (max, mean) as in the official `ChannelPool`.  Deviations: the MLP layers are 1x1 convolutions
 (same maths, no flatten), the two pooled vectors go through the MLP as one stacked batch, and the
-hidden width is max(1, C // r); the MLP runs as matrix products on the pooled (2B, C) vectors and
-the 7x7 spatial conv (2 -> 1 channels) as im2col + one matrix product (`spatial = "unfold"`; cuDNN's
-kernels for a 2-in/1-out convolution are slow under bf16/channels_last, see docs/benchmarks.md).
-The weights keep the official shapes.  On CUDA the gate is a fused region (see fused.py).
+hidden width is max(1, C // r); the MLP runs as matrix products on the pooled (2B, C) vectors (the
+1x1-conv weights viewed as matrices).  `spatial = "unfold"` computes the 7x7 conv as im2col + one
+matrix product instead of cuDNN: the same function, but measured slower on an H200 (181 vs 138 ms
+of gate time per ResNet-50 step, docs/benchmarks.md), so cuDNN ("conv") is the default.  On CUDA
+the gate is a fused region (see fused.py).
 """
 
 from __future__ import annotations
@@ -28,7 +29,7 @@ from .fused import FusableGate
 
 @ATTENTION.register("cbam", placement="block", options={"reduction": "reduction", "cbam_kernel": "kernel_size"})
 class CBAM(FusableGate):
-    spatial = "unfold"  # or "conv" (cuDNN); the same function, benchmarks/attention.py compares them
+    spatial = "conv"  # or "unfold" (im2col + matmul): the same function; benchmarks/gpu.py times both
 
     def __init__(self, channels: int, *, reduction: int = 16, kernel_size: int = 7):
         super().__init__()
