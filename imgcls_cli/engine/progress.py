@@ -1,7 +1,8 @@
-"""A Rich progress bar for training: loss, accuracy, learning rate and images/s."""
+"""A Rich progress bar for training: loss, accuracy, learning rate and images/s; CPU seconds of an epoch."""
 
 from __future__ import annotations
 
+import resource
 from typing import Any
 
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
@@ -28,3 +29,9 @@ class TrainProgress:
         if self.enabled:
             self.progress.update(self.task, completed=completed,
                                  info=f"loss {loss:.4f}  acc {acc:.1f}%  lr {lr:.3g}  {ips:.0f} img/s")
+
+
+def cpu_seconds() -> float:
+    """CPU seconds used by this process and its reaped children (loader workers, once an epoch's have exited)."""
+    own, kids = resource.getrusage(resource.RUSAGE_SELF), resource.getrusage(resource.RUSAGE_CHILDREN)
+    return own.ru_utime + own.ru_stime + kids.ru_utime + kids.ru_stime

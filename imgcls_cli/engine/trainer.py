@@ -38,7 +38,7 @@ from .faults import (
     is_worker_crash,
 )
 from .optim import build_optimizer, build_scheduler, param_groups
-from .progress import TrainProgress
+from .progress import TrainProgress, cpu_seconds
 from .rundir import append_jsonl, make_run_dir, mark_latest
 from .setup import open_and_resolve, second_stream, setup_data
 from .state import build_checkpoint, restore_rng, save_run_checkpoint
@@ -296,7 +296,7 @@ class Trainer:
         loss_sum = torch.zeros((), device=dev)
         correct = torch.zeros((), device=dev, dtype=torch.long)
         seen = torch.zeros((), device=dev, dtype=torch.long)
-        n_images, t0 = 0, time.perf_counter()
+        n_images, t0, c0 = 0, time.perf_counter(), cpu_seconds()
         amp = autocast(dev, cfg.train.amp, cfg.train.amp_dtype)
         mix_gen = torch.Generator(device=dev) if self.mixer is not None else None
         progress = TrainProgress(self.console, epoch, cfg.train.epochs, max_batches,
@@ -393,4 +393,4 @@ class Trainer:
         s = max(1, int(seen))
         return {"train_loss": float(loss_sum) / s, "train_acc": float(correct) / s * 100,
                 "lr": self.optimizer.param_groups[0]["lr"], "img_per_s": n_images / max(el, 1e-9),
-                "time_s": el, "steps": self.global_step}
+                "time_s": el, "cpu_s": cpu_seconds() - c0, "steps": self.global_step}
