@@ -4,6 +4,8 @@ One process, same data and settings for every model: SGD step (fwd + bwd + updat
 label-smoothing CE; on a GPU bf16 autocast + channels_last, batch 256 at 224 px (as in
 ../shared/bench/gpu_anchors.py).  References in the same run: timm `seresnet50` and timm `resnet50`
 with `attn_layer="cbam"` against timm `resnet50`.  "cost" = 1 - attn_img_s / plain_img_s.
+On CUDA imgcls's SE/CBAM/CA gates run fused (models/attention/fused.py); `--no-fuse` times the
+eager modules instead.
 
     python benchmarks/attention.py --quick            # CPU: batch 8 at 64 px, a few steps
     python benchmarks/attention.py --out results/     # GPU defaults, writes attention.json
@@ -58,15 +60,20 @@ def main() -> None:
     p.add_argument("--steps", type=int, default=None)
     p.add_argument("--compile", action="store_true", help="torch.compile every model (imgcls and timm)")
     p.add_argument("--no-timm", action="store_true")
+    p.add_argument("--no-fuse", action="store_true", help="eager attention gates (train.fuse_attention=false)")
     p.add_argument("--out", default=os.environ.get("OUT", "."), help="folder for attention.json")
     a = p.parse_args()
     dev = "cuda" if torch.cuda.is_available() else "cpu"
     torch.backends.cudnn.benchmark = True
+    from imgcls_cli.models.attention import fused
+
+    fused.set_enabled(not a.no_fuse)
     bs = a.batch_size or (8 if a.quick else 256)
     px = a.img_size or (64 if a.quick else 224)
     steps, warm = (a.steps or 2, 1) if a.quick else (a.steps or 20, 10)
     res: dict = {"device": torch.cuda.get_device_name() if dev == "cuda" else "cpu", "torch": torch.__version__,
-                 "batch": bs, "px": px, "steps": steps, "compile": a.compile, "img_s": {}, "cost": {}}
+                 "batch": bs, "px": px, "steps": steps, "compile": a.compile, "fused": not a.no_fuse,
+                 "img_s": {}, "cost": {}}
 
     def run(name: str, make: Callable[[], nn.Module]) -> float:
         v = throughput(make, bs, px, steps, warm, dev, a.compile)
