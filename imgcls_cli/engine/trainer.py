@@ -24,6 +24,7 @@ from . import distributed as dist
 from .checkpoint import read_checkpoint
 from .device import autocast, resolve_device, setup_backends
 from .ema import ModelEma
+from .epochs import EpochBatches
 from .evaluator import evaluate
 from .faults import (
     BufferGuard,
@@ -89,6 +90,7 @@ class Trainer:
         self.class_counts = bundle.class_counts()
         tcls = task_class(cfg)
         self.second = second_stream(cfg, self.data, tcls.second_sampler, self.device) if tcls.second_sampler else None
+        self.epoch_batches = EpochBatches(self.data.train_loader, self.data.train_sampler, self.second)
         model = tcls.build_model(cfg, bundle.num_classes, self.class_counts)
         from ..models.build import log_messages
 
@@ -281,15 +283,8 @@ class Trainer:
             from ..models.build import meta
 
             _freeze_backbone(self.model, meta(self.model)["head"], frozen)
-        sampler = self.data.train_sampler
-        sampler.set_epoch(epoch)
         position = self.position if epoch == self.start_epoch else 0
-        sampler.set_position(position)
-        loader: Any = self.data.train_loader
-        if self.second is not None:  # Task.second_sampler (BBN): a second stream, batch for batch
-            self.second[0].set_epoch(epoch)
-            self.second[0].set_position(position)
-            loader = zip(loader, self.second[1], strict=False)
+        loader = self.epoch_batches.start(epoch, position)  # zipped with BBN's second stream, batch for batch
         self.position = 0
         bs, accum = cfg.train.batch_size, cfg.optim.accum_steps
         max_batches = self.batches_per_epoch - position // bs
@@ -391,6 +386,9 @@ class Trainer:
                                     f" with --resume {self.run_dir}; fewer --workers if memory is short)") from None
         el = time.perf_counter() - t0
         s = max(1, int(seen))
-        return {"train_loss": float(loss_sum) / s, "train_acc": float(correct) / s * 100,
-                "lr": self.optimizer.param_groups[0]["lr"], "img_per_s": n_images / max(el, 1e-9),
-                "time_s": el, "cpu_s": cpu_seconds() - c0, "steps": self.global_step}
+        stats = {"train_loss": float(loss_sum) / s, "train_acc": float(correct) / s * 100,
+                 "lr": self.optimizer.param_groups[0]["lr"], "img_per_s": n_images / max(el, 1e-9),
+                 "time_s": el, "cpu_s": cpu_seconds() - c0, "steps": self.global_step}
+        if epoch + 1 < cfg.train.epochs:
+            self.epoch_batches.prefetch(epoch + 1)  # the workers load it during evaluation and checkpointing
+        return stats
