@@ -142,3 +142,23 @@ def test_fused_path_with_inductor_codegen(monkeypatch) -> None:
     torch.testing.assert_close(got[0], ref[0], rtol=1e-4, atol=1e-4)
     _close(got[1], ref[1], 1e-3)
     _close(got[2], ref[2], 1e-5)
+
+
+def test_whole_model_compile_traces_the_eager_gates(monkeypatch) -> None:
+    """Inside an outer torch.compile the gates are traced as eager code (no nested compiled region)."""
+    monkeypatch.setattr(fused, "_BACKEND", "aot_eager")
+    calls = []
+    real = fused._compiled
+    monkeypatch.setattr(fused, "_compiled", lambda fn, backend: calls.append(fn.__name__) or real(fn, backend))
+    torch.manual_seed(0)
+    model = ic.build_model("resnet18", num_classes=4, attn="se").train()
+    ref_model = copy.deepcopy(model)
+    x, y = torch.randn(2, 3, 32, 32), torch.tensor([0, 2])
+    got = _train_step(torch.compile(model, backend="aot_eager"), x, y)
+    assert calls == []
+    fused.set_enabled(False)
+    try:
+        ref = _train_step(ref_model, x, y)
+    finally:
+        fused.set_enabled(True)
+    torch.testing.assert_close(got[0], ref[0], rtol=1e-4, atol=1e-4)
