@@ -32,7 +32,10 @@ class EpochBatches:
 
     def prefetch(self, epoch: int) -> None:
         """Start loading epoch `epoch` from its beginning now."""
-        self._ready = (epoch, self._make(epoch, 0))
+        try:
+            self._ready = (epoch, self._make(epoch, 0))
+        except Exception as e:  # noqa: BLE001  (e.g. a worker died): raised where the epoch's batches are read,
+            self._ready = (epoch, _raising(e))  # inside the trainer's loader-failure handling
 
     def start(self, epoch: int, position: int = 0) -> Iterator:
         """The batches of `epoch` from item `position` (a prefetched iterator when one matches)."""
@@ -40,3 +43,8 @@ class EpochBatches:
         if ready is not None and ready[0] == epoch and position == 0:
             return ready[1]
         return self._make(epoch, position)
+
+
+def _raising(error: Exception) -> Iterator:
+    raise error
+    yield  # a generator: the error comes at the first next()

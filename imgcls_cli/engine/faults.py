@@ -28,6 +28,13 @@ class LoaderCrashed(ImgclsError):
     exit_code = 4
 
 
+def crash_error(error: BaseException, run_dir: Any) -> LoaderCrashed:
+    """The one-line error for a dead loader worker (a checkpoint is in `run_dir`)."""
+    first = (str(error).strip().splitlines() or ["worker died"])[0]
+    return LoaderCrashed(f"data loading failed: {first[:160]}; checkpoint saved in {run_dir} (resume with --resume"
+                         f" {run_dir}; fewer --workers if memory is short)")
+
+
 class LoaderFailed(Exception):
     """Raised by `guarded` so the trainer can tell loader failures from model failures."""
 
@@ -38,9 +45,10 @@ class LoaderFailed(Exception):
 
 def guarded(batches: Iterable[Any]) -> Iterator[Any]:
     """Iterate a DataLoader; any exception it raises comes out wrapped in `LoaderFailed`."""
-    it = iter(batches)
+    it = None
     while True:
         try:
+            it = iter(batches) if it is None else it  # persistent workers: creating the iterator can fail too
             batch = next(it)
         except StopIteration:
             return

@@ -47,3 +47,10 @@ def cpu_seconds() -> float:
             continue
         total += (int(fields[11]) + int(fields[12])) / tick  # utime, stime
     return total
+
+
+def epoch_line(r: dict[str, Any], epochs: int) -> str:
+    """The console line of one epoch record of metrics.jsonl."""
+    val = f"  val top1 {r['val_top1']:.2f}%  top5 {r['val_top5']:.2f}%" if "val_top1" in r else ""
+    return (f"epoch {r['epoch']}/{epochs}  loss {r['train_loss']:.4f}  train acc {r['train_acc']:.2f}%{val}"
+            f"  lr {r['lr']:.4g}  {r['img_per_s']:.0f} img/s  {r['time_s']:.1f}s")

@@ -28,18 +28,18 @@ from .epochs import EpochBatches
 from .evaluator import evaluate
 from .faults import (
     BufferGuard,
-    LoaderCrashed,
     LoaderFailed,
     TrainingDiverged,
     agreed_signal,
     any_rank,
+    crash_error,
     freeze_batchnorm,
     grads_finite,
     guarded,
     is_worker_crash,
 )
 from .optim import build_optimizer, build_scheduler, param_groups
-from .progress import TrainProgress, cpu_seconds
+from .progress import TrainProgress, cpu_seconds, epoch_line
 from .rundir import append_jsonl, make_run_dir, mark_latest
 from .setup import open_and_resolve, second_stream, setup_data
 from .state import build_checkpoint, restore_rng, save_run_checkpoint
@@ -204,34 +204,47 @@ class Trainer:
                                f" {len(self.bundle.val) if self.bundle.val else 0} val images,"
                                f" {self.bundle.num_classes} classes, device {self.device})")
         old = {s: signal.signal(s, self._on_signal) for s in (signal.SIGTERM, signal.SIGINT)}
-        last_top1 = float("nan")
+        self.last_top1 = float("nan")
         epoch = self.start_epoch
         try:
             for epoch in range(self.start_epoch, cfg.train.epochs):
                 stats = self._train_epoch(epoch)
-                record: dict[str, Any] = {"epoch": epoch + 1, **stats}
-                if self.data.val_loader is not None and ((epoch + 1) % cfg.train.eval_every == 0
-                                                         or epoch + 1 == cfg.train.epochs):
-                    res = self.evaluate()
-                    last_top1 = res.top1
-                    record.update(val_top1=res.top1, val_top5=res.top5, val_loss=res.loss_sum / max(1, res.n),
-                                  val_mean_class_acc=res.mean_class_acc, val_n=res.n)
-                    is_best = res.top1 > self.best
-                    if is_best:
-                        self.best, self.best_epoch = res.top1, epoch + 1
-                else:
-                    is_best = self.data.val_loader is None
-                self._save(epoch + 1, 0, is_best)
-                if dist.is_main():
-                    append_jsonl(self.run_dir / "metrics.jsonl", record)
-                    self._log_epoch(record)
+                try:
+                    self._end_epoch(epoch, stats)
+                except RuntimeError as e:  # a worker of the next epoch died (PyTorch raises from its SIGCHLD
+                    if not is_worker_crash(e):  # handler, wherever the main thread is): the epoch itself is done
+                        raise
+                    self._save(epoch + 1, 0, is_best=False)
+                    raise crash_error(e, self.run_dir) from None
         except Interrupted as e:
             raise SystemExit(e.exit_code) from None
         finally:
             for s, h in old.items():
                 signal.signal(s, h)
         dist.cleanup()
-        return TrainResult(self.run_dir, self.best, last_top1, self.best_epoch, epoch + 1, cfg)
+        return TrainResult(self.run_dir, self.best, self.last_top1, self.best_epoch, epoch + 1, cfg)
+
+    def _end_epoch(self, epoch: int, stats: dict[str, Any]) -> None:
+        """Start the next epoch's loading, evaluate, checkpoint, log."""
+        cfg = self.cfg
+        if epoch + 1 < cfg.train.epochs:
+            self.epoch_batches.prefetch(epoch + 1)  # the workers load it during evaluation and checkpointing
+        record: dict[str, Any] = {"epoch": epoch + 1, **stats}
+        if self.data.val_loader is not None and ((epoch + 1) % cfg.train.eval_every == 0
+                                                 or epoch + 1 == cfg.train.epochs):
+            res = self.evaluate()
+            self.last_top1 = res.top1
+            record.update(val_top1=res.top1, val_top5=res.top5, val_loss=res.loss_sum / max(1, res.n),
+                          val_mean_class_acc=res.mean_class_acc, val_n=res.n)
+            is_best = res.top1 > self.best
+            if is_best:
+                self.best, self.best_epoch = res.top1, epoch + 1
+        else:
+            is_best = self.data.val_loader is None
+        self._save(epoch + 1, 0, is_best)
+        if dist.is_main():
+            append_jsonl(self.run_dir / "metrics.jsonl", record)
+            self.console.print(epoch_line(record, cfg.train.epochs))
 
     def evaluate(self):
         model = self.ema.module if self.ema is not None else self.model
@@ -252,12 +265,6 @@ class Trainer:
             return
         ckpt = build_checkpoint(self, epoch, position * dist.world_size())
         save_run_checkpoint(self.run_dir, ckpt, is_best=is_best, keep=self.cfg.train.keep_checkpoints)
-
-    def _log_epoch(self, r: dict[str, Any]) -> None:
-        val = f"  val top1 {r['val_top1']:.2f}%  top5 {r['val_top5']:.2f}%" if "val_top1" in r else ""
-        self.console.print(f"epoch {r['epoch']}/{self.cfg.train.epochs}  loss {r['train_loss']:.4f}"
-                           f"  train acc {r['train_acc']:.2f}%{val}  lr {r['lr']:.4g}"
-                           f"  {r['img_per_s']:.0f} img/s  {r['time_s']:.1f}s")
 
     def _bad_step(self, bad_steps: int, epoch: int, i: int, items_done: int, what: str) -> int:
         """Skip a step with a non-finite loss or gradient; stop after train.max_bad_steps in a row."""
@@ -381,14 +388,10 @@ class Trainer:
                 self._save(epoch, items_done, is_best=False)
                 if not is_worker_crash(e.error):
                     raise e.error from None
-                first = str(e.error).strip().splitlines()[0]
-                raise LoaderCrashed(f"data loading failed: {first[:160]}; checkpoint saved in {self.run_dir} (resume"
-                                    f" with --resume {self.run_dir}; fewer --workers if memory is short)") from None
+                raise crash_error(e.error, self.run_dir) from None
         el = time.perf_counter() - t0
         s = max(1, int(seen))
         stats = {"train_loss": float(loss_sum) / s, "train_acc": float(correct) / s * 100,
                  "lr": self.optimizer.param_groups[0]["lr"], "img_per_s": n_images / max(el, 1e-9),
                  "time_s": el, "cpu_s": cpu_seconds() - c0, "steps": self.global_step}
-        if epoch + 1 < cfg.train.epochs:
-            self.epoch_batches.prefetch(epoch + 1)  # the workers load it during evaluation and checkpointing
         return stats
