@@ -68,10 +68,7 @@ def _fast_combo(backbone: str, attn: str, head: str) -> bool:
 @pytest.mark.parametrize("backbone,attn,head",
                          [pytest.param(*c, marks=_slow_unless(_fast_combo(*c))) for c in COMBOS])
 def test_attention_and_head_combinations_export_or_are_refused(backbone: str, attn: str, head: str, fmt: str) -> None:
-    try:
-        model = build_model(backbone, len(NAMES), attn=attn, head=head)
-    except ImgclsError as e:  # a combination the model builder itself refuses is not an export question
-        pytest.skip(f"not buildable: {e}")
+    model = build_model(backbone, len(NAMES), attn=attn, head=head)  # every combination builds
     try:
         _export(model, fmt)  # parity at batch 1, 2, 7 is asserted inside export_model
     except ImgclsError as e:

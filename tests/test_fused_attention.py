@@ -61,6 +61,20 @@ def test_se_matches_the_paper_formula() -> None:
     torch.testing.assert_close(m(x), x * s[:, :, None, None])
 
 
+def _eager_step(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor) -> tuple:
+    fused.set_enabled(False)
+    try:
+        return _train_step(model, x, y)
+    finally:
+        fused.set_enabled(True)
+
+
+def _assert_same(got: tuple, ref: tuple, grad_tol: float) -> None:
+    torch.testing.assert_close(got[0], ref[0], rtol=1e-4, atol=1e-4)
+    _close(got[1], ref[1], grad_tol)
+    _close(got[2], ref[2], 1e-5)
+
+
 def _train_step(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor) -> tuple:
     torch.manual_seed(1)  # MobileNet's classifier dropout draws the same mask on both sides
     out = model(x)
@@ -84,19 +98,12 @@ def test_fused_path_equals_eager(backbone: str, attn: str, monkeypatch) -> None:
         return real(fn, backend)
 
     monkeypatch.setattr(fused, "_compiled", spy)
-    fused.set_enabled(False)
-    try:
-        ref = _train_step(copy.deepcopy(model), x, y)
-        assert calls == []
-        fused.set_enabled(True)
-        got = _train_step(model, x, y)
-    finally:
-        fused.set_enabled(True)
+    ref = _eager_step(copy.deepcopy(model), x, y)
+    assert calls == []
+    got = _train_step(model, x, y)
     assert calls and set(calls) <= {"_residual", "_gate"}
     assert ("_residual" in calls) == backbone.startswith("resnet")  # ResNets fuse the block tail too
-    torch.testing.assert_close(got[0], ref[0], rtol=1e-4, atol=1e-4)
-    _close(got[1], ref[1], 1e-4)
-    _close(got[2], ref[2], 1e-5)
+    _assert_same(got, ref, 1e-4)
 
 
 def test_no_fused_path_outside_training(monkeypatch) -> None:
@@ -133,15 +140,9 @@ def test_fused_path_with_inductor_codegen(monkeypatch) -> None:
     block = ic.build_model("resnet18", num_classes=4, attn="cbam").train()
     ref_model = copy.deepcopy(block)
     x, y = torch.randn(2, 3, 32, 32), torch.tensor([0, 2])
-    fused.set_enabled(False)
-    try:
-        ref = _train_step(ref_model, x, y)
-    finally:
-        fused.set_enabled(True)
+    ref = _eager_step(ref_model, x, y)
     got = _train_step(block, x, y)
-    torch.testing.assert_close(got[0], ref[0], rtol=1e-4, atol=1e-4)
-    _close(got[1], ref[1], 1e-3)
-    _close(got[2], ref[2], 1e-5)
+    _assert_same(got, ref, 1e-3)
 
 
 def test_whole_model_compile_traces_the_eager_gates(monkeypatch) -> None:
@@ -156,9 +157,4 @@ def test_whole_model_compile_traces_the_eager_gates(monkeypatch) -> None:
     x, y = torch.randn(2, 3, 32, 32), torch.tensor([0, 2])
     got = _train_step(torch.compile(model, backend="aot_eager"), x, y)
     assert calls == []
-    fused.set_enabled(False)
-    try:
-        ref = _train_step(ref_model, x, y)
-    finally:
-        fused.set_enabled(True)
-    torch.testing.assert_close(got[0], ref[0], rtol=1e-4, atol=1e-4)
+    torch.testing.assert_close(got[0], _eager_step(ref_model, x, y)[0], rtol=1e-4, atol=1e-4)

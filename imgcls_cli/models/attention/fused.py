@@ -18,6 +18,7 @@ the module object).  `set_enabled(False)` (CLI: `--set train.fuse_attention=fals
 
 from __future__ import annotations
 
+import abc
 import functools
 import logging
 from collections.abc import Callable
@@ -84,12 +85,13 @@ def residual(attn: nn.Module, x: torch.Tensor, identity: torch.Tensor) -> torch.
     return torch.relu(attn(x) + identity)
 
 
-class FusableGate(nn.Module):
+class FusableGate(nn.Module, abc.ABC):
     """Base of SE, CBAM and CA: `gate_forward` is the eager maths; `forward` runs it as a compiled region
     where `_use_fused` allows (so the gate is fused wherever the module sits: ResNet, VGG, MobileNet)."""
 
+    @abc.abstractmethod
     def gate_forward(self, x: torch.Tensor) -> torch.Tensor:
-        raise NotImplementedError
+        """The gate's eager maths: (B, C, H, W) -> (B, C, H, W)."""
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if _use_fused(self, x):
