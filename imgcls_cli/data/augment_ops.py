@@ -20,37 +20,65 @@ from __future__ import annotations
 
 import functools
 import math
-from collections.abc import Callable
+import threading
+from collections.abc import Callable, Sequence
 
 import cv2
 import numpy as np
 
 _RAMP = np.arange(256, dtype=np.float32)  # (256,)
+_LUMA = (np.float32(0.2989), np.float32(0.587), np.float32(0.114))  # ITU-R 601-2 as torchvision
+_SMOOTH = np.ones((3, 3), np.float32)
+_SMOOTH[1, 1] = 5.0
+_SMOOTH /= 13.0  # PIL's SMOOTH kernel, as torchvision's adjust_sharpness
+_TLS = threading.local()
+
+
+def _scratch(shape: tuple[int, ...], slot: str) -> np.ndarray:
+    """A float32 work array of `shape`, reused across calls (per thread).
+
+    A fresh (224, 224, 3) float32 temporary lands above glibc's mmap threshold often enough that its page faults
+    cost as much as the arithmetic; work arrays are never returned to callers.
+    """
+    bufs = _TLS.__dict__.setdefault("bufs", {})
+    buf = bufs.get((shape, slot))
+    if buf is None:
+        if len(bufs) >= 16:  # a few image sizes at most in practice; bound the memory anyway
+            bufs.clear()
+        buf = bufs[(shape, slot)] = np.empty(shape, np.float32)
+    return buf
 
 
 def _lut(img: np.ndarray, table: np.ndarray) -> np.ndarray:
     return cv2.LUT(img, np.clip(table, 0, 255).astype(np.uint8))
 
 
+def _lut_per_channel(img: np.ndarray, planes: Sequence[np.ndarray], table: np.ndarray) -> np.ndarray:
+    # table (256, C) uint8; C single-channel lookups on the planes and one merge cost about 60 % of cv2.LUT with a
+    # (1, 256, C) table on the interleaved image
+    return cv2.merge([cv2.LUT(p, np.ascontiguousarray(table[:, k])) for k, p in enumerate(planes)]).reshape(img.shape)
+
+
 def _gray(img: np.ndarray) -> np.ndarray:
-    # ITU-R 601-2 luma as torchvision's rgb_to_grayscale, truncated to uint8, as float32 (H, W); computed on
-    # contiguous planes (the same float32 operations in the same order as on the interleaved channels)
-    r, g, b = (p.astype(np.float32) for p in cv2.split(img))
-    r *= 0.2989
-    g *= 0.587
-    b *= 0.114
-    r += g
-    r += b
-    return np.floor(r, out=r)
+    # ITU-R 601-2 luma as torchvision's rgb_to_grayscale, truncated, as float32 (H, W) (a scratch array): the same
+    # float32 products and sums in the same order as on float32 channels, computed from contiguous uint8 planes
+    r8, g8, b8 = cv2.split(img)
+    out, tmp = _scratch(r8.shape, "gray"), _scratch(r8.shape, "gray_tmp")
+    np.multiply(r8, _LUMA[0], out=out)
+    np.multiply(g8, _LUMA[1], out=tmp)
+    out += tmp
+    np.multiply(b8, _LUMA[2], out=tmp)
+    out += tmp
+    return np.floor(out, out=out)
 
 
-def _blend(img: np.ndarray, degenerate: np.ndarray, factor: float, img_f32: np.ndarray | None = None) -> np.ndarray:
-    # factor * img + (1 - factor) * degenerate in float32, in place (no temporaries), truncated as torch's .to(uint8);
-    # `img_f32` (img as float32) is consumed when given, and `degenerate` is left alone
-    out = img.astype(np.float32) if img_f32 is None else img_f32
-    out *= factor
-    out += degenerate * (1.0 - factor)
-    np.clip(out, 0, 255, out=out)
+def _blend(img: np.ndarray, scaled_degenerate: np.ndarray, factor: float) -> np.ndarray:
+    # factor * img + [(1 - factor) * degenerate, given] in float32, clipped and truncated as torch's .to(uint8)
+    out = _scratch(img.shape, "blend")
+    np.multiply(img, np.float32(factor), out=out)  # == img.astype(float32) * float32(factor)
+    out += scaled_degenerate
+    cv2.threshold(out, 0.0, 0.0, cv2.THRESH_TOZERO, dst=out)  # max(out, 0)
+    cv2.threshold(out, 255.0, 255.0, cv2.THRESH_TRUNC, dst=out)  # min(out, 255)
     return out.astype(np.uint8)
 
 
@@ -84,12 +112,22 @@ def rotate(img: np.ndarray, degrees: float) -> np.ndarray:
     return _warp(img, cv2.invertAffineTransform(fwd))
 
 
+@functools.lru_cache(maxsize=256)
+def _brightness_table(m: float) -> np.ndarray:
+    table = np.clip(np.floor(_RAMP * (1.0 + m)), 0, 255).astype(np.uint8)
+    table.flags.writeable = False  # shared by every call with this magnitude
+    return table
+
+
 def brightness(img: np.ndarray, m: float) -> np.ndarray:
-    return _lut(img, np.floor(_RAMP * (1.0 + m)))  # blend with black
+    return cv2.LUT(img, _brightness_table(float(m)))  # blend with black
 
 
 def color(img: np.ndarray, m: float) -> np.ndarray:
-    return _blend(img, _gray(img)[..., None], 1.0 + m)  # blend with the grey image
+    f = 1.0 + m
+    gray = _gray(img)
+    gray *= 1.0 - f  # blend with the grey image: (1 - f) * grey once per pixel, then replicated to the channels
+    return _blend(img, cv2.cvtColor(gray, cv2.COLOR_GRAY2RGB, dst=_scratch(img.shape, "degenerate")), f)
 
 
 def contrast(img: np.ndarray, m: float) -> np.ndarray:
@@ -99,14 +137,15 @@ def contrast(img: np.ndarray, m: float) -> np.ndarray:
 
 def sharpness(img: np.ndarray, m: float) -> np.ndarray:
     # degenerate = 3x3 smoothing [[1,1,1],[1,5,1],[1,1,1]] / 13, rounded; the one-pixel border keeps the input
-    kernel = np.ones((3, 3), np.float32)
-    kernel[1, 1] = 5.0
-    f = img.astype(np.float32)
-    degenerate = cv2.filter2D(f, -1, kernel / 13.0, borderType=cv2.BORDER_REFLECT)
+    f = _scratch(img.shape, "src")
+    np.copyto(f, img)
+    degenerate = cv2.filter2D(f, -1, _SMOOTH, dst=_scratch(img.shape, "degenerate"), borderType=cv2.BORDER_REFLECT)
     inner = degenerate[1:-1, 1:-1]
     np.round(inner, out=inner)
     degenerate[0], degenerate[-1], degenerate[:, 0], degenerate[:, -1] = f[0], f[-1], f[:, 0], f[:, -1]
-    return _blend(img, degenerate, 1.0 + m, img_f32=f)
+    factor = 1.0 + m
+    degenerate *= 1.0 - factor
+    return _blend(img, degenerate, factor)
 
 
 def posterize(img: np.ndarray, bits: float) -> np.ndarray:
@@ -115,34 +154,46 @@ def posterize(img: np.ndarray, bits: float) -> np.ndarray:
 
 
 def solarize(img: np.ndarray, threshold: float) -> np.ndarray:
-    return _lut(img, np.where(_RAMP >= threshold, 255.0 - _RAMP, _RAMP))
+    # v >= threshold -> 255 - v == v ^ 255: xor with the mask of v > ceil(threshold) - 1 (all integers, exact)
+    k = math.ceil(threshold)
+    if k <= 0:
+        return cv2.bitwise_not(img)
+    if k > 255:
+        return img.copy()
+    _, mask = cv2.threshold(img, k - 1, 255, cv2.THRESH_BINARY)
+    return cv2.bitwise_xor(img, mask, dst=mask)
 
 
 def autocontrast(img: np.ndarray, _m: float = 0.0) -> np.ndarray:
     # per channel (v - lo) * 255 / (hi - lo) in float32, clipped and truncated, applied as a lookup table
     c = img.shape[2]
-    bounds = [cv2.minMaxLoc(p)[:2] for p in cv2.split(img)] if c <= 4 else None
+    planes = cv2.split(img) if c <= 4 else None
+    bounds = [cv2.minMaxLoc(p)[:2] for p in planes] if planes else None
     lo = np.array([b[0] for b in bounds], np.float32) if bounds else img.min(axis=(0, 1)).astype(np.float32)
     hi = np.array([b[1] for b in bounds], np.float32) if bounds else img.max(axis=(0, 1)).astype(np.float32)
     flat = hi == lo
     scale = np.where(flat, 1.0, 255.0 / np.where(flat, 1.0, hi - lo))
     lo = np.where(flat, 0.0, lo)
     table = np.clip((_RAMP[:, None] - lo) * scale, 0, 255).astype(np.uint8)  # (256, C)
-    return cv2.LUT(img, table.reshape(1, 256, c)) if c in (1, 3, 4) else table[img, np.arange(c)]
+    return _lut_per_channel(img, planes, table) if planes else table[img, np.arange(c)]
 
 
 def equalize(img: np.ndarray, _m: float = 0.0) -> np.ndarray:
     # PIL's ImageOps.equalize (torchvision's tensor `_scale_channel`), all channels at once:
     # step = (pixels outside the last used bin) // 255; lut = (cumsum + step // 2) // step, shifted by one bin
-    c = img.shape[2]
-    hist = np.stack([cv2.calcHist([img], [k], None, [256], [0, 256]).ravel() for k in range(c)]).astype(np.int64)
-    last = 255 - np.argmax(hist[:, ::-1] != 0, axis=1)  # (C,) index of the last non-empty bin
-    step = (hist.sum(1) - hist[np.arange(c), last]) // 255  # (C,)
-    safe = np.maximum(step, 1)[:, None]  # (C, 1)
-    lut = (np.cumsum(hist, axis=1) + safe // 2) // safe  # (C, 256)
-    lut = np.concatenate([np.zeros((c, 1), np.int64), lut[:, :-1]], axis=1).clip(0, 255)
-    lut = np.where((step == 0)[:, None], np.arange(256)[None, :], lut)  # a flat channel is left unchanged
-    return cv2.LUT(img, lut.T.astype(np.uint8).reshape(1, 256, c))  # per-channel table (1, 256, C)
+    planes = cv2.split(img)
+    c = len(planes)
+    hist = np.stack([cv2.calcHist([p], [0], None, [256], [0, 256]).ravel() for p in planes], 1).astype(np.int64)
+    last = 255 - np.argmax(hist[::-1] != 0, axis=0)  # (C,) index of the last non-empty bin
+    step = (hist.sum(0) - hist[last, np.arange(c)]) // 255  # (C,)
+    safe = np.maximum(step, 1)  # (C,)
+    lut = np.zeros((256, c), np.int64)
+    np.cumsum(hist[:-1], axis=0, out=lut[1:])  # shifted by one bin: lut[0] = 0
+    lut += safe // 2
+    lut //= safe
+    table = np.minimum(lut, 255).astype(np.uint8)  # (256, C)
+    table[:, step == 0] = np.arange(256, dtype=np.uint8)[:, None]  # a flat channel is left unchanged
+    return _lut_per_channel(img, planes, table)
 
 
 def invert(img: np.ndarray, _m: float = 0.0) -> np.ndarray:
