@@ -173,3 +173,15 @@ def test_fast_colour_ops_are_bit_identical_to_the_plain_formulas(name: str) -> N
     for img in imgs:
         for m in (-0.9, -0.3, 0.0, 0.45, 0.99):
             assert np.array_equal(apply_op(img, name, m), _ref_op(name, img, m)), (img.shape, m)
+
+
+@pytest.mark.parametrize("autoaugment", ["imagenet", "randaugment", "trivialaugment"])
+def test_autoaugment_samples_need_no_numpy_generator_and_equal_a_seeded_one(autoaugment) -> None:
+    load_components()
+    imgs = np.random.default_rng(5).integers(0, 256, (40, 30, 26, 3), dtype=np.uint8)
+    tf = train_transform(24, (0.08, 1.0), (3 / 4, 4 / 3), 0.5, 0.0, autoaugment)
+    assert not tf.needs_numpy_rng and train_transform(24, (0.08, 1.0), (3 / 4, 4 / 3), 0.5, 0.3).needs_numpy_rng
+    ds = ImageDataset(ArraySource(imgs, np.arange(40) % 2), tf, seed=3)
+    fast = [ds[(i, 1)][0] for i in range(40)]  # the data set hands the transforms no numpy Generator
+    tf.needs_numpy_rng = True  # as before: a seeded Generator is built per sample (and never drawn from)
+    assert all(torch.equal(a, ds[(i, 1)][0]) for i, a in enumerate(fast))

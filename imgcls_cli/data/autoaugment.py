@@ -31,6 +31,8 @@ Op = tuple[str, float]  # (operation name, signed magnitude)
 class _PolicyTransform(A.ImageOnlyTransform):
     """Base class: subclasses override `sample_ops(height, width)` -> the operations for one image."""
 
+    needs_numpy_rng = False  # every draw comes from `py_random`: the data set can skip building a numpy Generator
+
     def __init__(self, p: float = 1.0):
         super().__init__(p=p)
 

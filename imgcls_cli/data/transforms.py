@@ -31,8 +31,9 @@ class TrainCompose(A.Compose):
         has_flip = len(transforms) > 1 and isinstance(transforms[1], A.HorizontalFlip)
         self._flip = transforms[1] if has_flip else None
         self._tail = list(transforms[2 if has_flip else 1:])
-        # the per-sample numpy Generator (~20 us to build) is only needed by tail transforms
-        self.needs_numpy_rng = bool(self._tail)
+        # the per-sample numpy Generator (~10-20 us to build) is only needed by tail transforms that draw from it
+        # (the AutoAugment family draws from `py_random` only and says so)
+        self.needs_numpy_rng = any(getattr(t, "needs_numpy_rng", True) for t in self._tail)
 
     def __call__(self, *args: Any, force_apply: bool = False, **data: Any) -> dict[str, Any]:
         img = data.get("image")
