@@ -85,7 +85,7 @@ def test_collate_in_a_worker_stacks_into_shared_memory(monkeypatch: pytest.Monke
     assert one["images"].shape == (1, 3, 6, 6) and one["bad"] == [(1, "bad")]
 
 
-@pytest.mark.parametrize("shape", [(3, 3, 5, 7), (2, 3, 32, 32)])
+@pytest.mark.parametrize("shape", [(3, 3, 5, 7), (2, 3, 32, 32), (5, 3, 224, 224)])
 def test_cpu_normaliser_one_pass_matches_the_torch_formula(shape) -> None:
     mean, std = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
     norm = DeviceNormalizer(mean, std, torch.device("cpu"))
@@ -185,3 +185,10 @@ def test_autoaugment_samples_need_no_numpy_generator_and_equal_a_seeded_one(auto
     fast = [ds[(i, 1)][0] for i in range(40)]  # the data set hands the transforms no numpy Generator
     tf.needs_numpy_rng = True  # as before: a seeded Generator is built per sample (and never drawn from)
     assert all(torch.equal(a, ds[(i, 1)][0]) for i, a in enumerate(fast))
+
+
+def test_cpu_normaliser_is_within_1e_5_of_the_torch_formula_for_every_uint8_value() -> None:
+    mean, std = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
+    x = torch.arange(256, dtype=torch.uint8).view(1, 1, 16, 16).repeat(2, 3, 1, 1)  # every value in every channel
+    ref = (x.float() - torch.tensor(mean).view(1, 3, 1, 1) * 255) / (torch.tensor(std).view(1, 3, 1, 1) * 255)
+    torch.testing.assert_close(DeviceNormalizer(mean, std, torch.device("cpu"))(x), ref, rtol=0, atol=1e-5)

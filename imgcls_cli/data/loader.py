@@ -43,15 +43,16 @@ class DeviceNormalizer:
         self.inv_std = 1.0 / (torch.tensor(std, device=device).view(1, 3, 1, 1) * 255.0)
         self.memory_format = torch.channels_last if channels_last else torch.contiguous_format
 
-        # CPU: (x - mean) / std as x * a_c + b_c per channel, in one OpenCV pass from uint8 (torch's
-        # uint8 -> float conversion alone costs about as much as the whole pass)
-        scale = 1.0 / (torch.tensor(std, dtype=torch.float64) * 255.0)
+        # CPU: (x - mean) / std per channel in one OpenCV pass from uint8, as a 256-entry float32 table per channel
+        # (cv2.LUT: ~0.6 ns per element, cv2.addWeighted from uint8 ~0.9 ns, torch's uint8 -> float alone ~2 ns)
         self._pool: list[np.ndarray] = []
-        self._cpu_ab = [(float(a), float(-m * 255.0 * a)) for m, a in zip(mean, scale.tolist(), strict=True)]
+        ramp = np.arange(256, dtype=np.float64)
+        self._cpu_tables = [((ramp - m * 255.0) / (s * 255.0)).astype(np.float32)
+                            for m, s in zip(mean, std, strict=True)]
 
     def __call__(self, images: torch.Tensor) -> torch.Tensor:
         if (self.device.type == "cpu" and images.device.type == "cpu" and images.dtype == torch.uint8
-                and images.dim() == 4 and images.shape[1] == len(self._cpu_ab) and images.is_contiguous()
+                and images.dim() == 4 and images.shape[1] == len(self._cpu_tables) and images.is_contiguous()
                 and self.memory_format == torch.contiguous_format):
             return self._cpu_uint8(images)
         x = images.to(self.device, non_blocking=True)
@@ -65,8 +66,8 @@ class DeviceNormalizer:
         b, c, h, w = images.shape
         buf = self._free_buffer((b, c, h * w))
         src = images.numpy().reshape(b, c, h * w)
-        for k, (a, off) in enumerate(self._cpu_ab):  # cv2 writes the (B, H*W) plane of each channel in place
-            cv2.addWeighted(src[:, k], a, src[:, k], 0.0, off, dst=buf[:, k], dtype=cv2.CV_32F)
+        for k, table in enumerate(self._cpu_tables):  # cv2 writes the (B, H*W) plane of each channel in place
+            cv2.LUT(src[:, k], table, dst=buf[:, k])
         return torch.from_numpy(buf).view(b, c, h, w)
 
     def _free_buffer(self, shape: tuple[int, ...]) -> np.ndarray:
