@@ -104,7 +104,7 @@ def test_rewritten_ops_equal_the_previous_implementation(name: str) -> None:
                        128.0, 127.5, 0.0, -3.0, 255.0, 255.5, 300.0})
     else:
         mags = sorted({*magnitude_bins("Color", 10, 1, 1)[0].tolist(), *(-magnitude_bins("Color", 31, 1, 1, True)[0]),
-                       0.45, -0.3})
+                       0.45, -0.3, -1e-9, -0.99})
     for img in _images():
         for m in map(float, mags):  # the policies pass Python floats (a numpy float64 made the old blends float64)
             if name == "Sharpness" and min(img.shape[:2]) < 3:

@@ -73,12 +73,14 @@ def _gray(img: np.ndarray) -> np.ndarray:
 
 
 def _blend(img: np.ndarray, scaled_degenerate: np.ndarray, factor: float) -> np.ndarray:
-    # factor * img + [(1 - factor) * degenerate, given] in float32, clipped and truncated as torch's .to(uint8)
+    # factor * img + [(1 - factor) * degenerate, given] in float32, clipped and truncated as torch's .to(uint8);
+    # the degenerate image must lie in [0, 255]
     out = _scratch(img.shape, "blend")
     np.multiply(img, np.float32(factor), out=out)  # == img.astype(float32) * float32(factor)
     out += scaled_degenerate
-    cv2.threshold(out, 0.0, 0.0, cv2.THRESH_TOZERO, dst=out)  # max(out, 0)
-    cv2.threshold(out, 255.0, 255.0, cv2.THRESH_TRUNC, dst=out)  # min(out, 255)
+    if not 0.0 <= factor <= 1.0:  # else a convex combination of values in [0, 255]: in [0, 256) after rounding
+        cv2.threshold(out, 0.0, 0.0, cv2.THRESH_TOZERO, dst=out)  # max(out, 0)
+        cv2.threshold(out, 255.0, 255.0, cv2.THRESH_TRUNC, dst=out)  # min(out, 255)
     return out.astype(np.uint8)
 
 
