@@ -20,13 +20,11 @@ from __future__ import annotations
 
 import abc
 import functools
-import logging
 from collections.abc import Callable
 
 import torch
 from torch import nn
 
-log = logging.getLogger(__name__)
 _ENABLED = True
 _BACKEND = "inductor"  # tests use "aot_eager" on the CPU (same graphs, no code generation)
 _MIN_RECOMPILE_LIMIT = 64  # shapes x gate kinds in one process (benchmarks run several models)
@@ -36,10 +34,6 @@ def set_enabled(flag: bool) -> None:
     """Turn fused gates on or off for this process (the trainer sets it from `train.fuse_attention`)."""
     global _ENABLED
     _ENABLED = bool(flag)
-
-
-def enabled() -> bool:
-    return _ENABLED
 
 
 def _residual(attn: nn.Module, x: torch.Tensor, identity: torch.Tensor) -> torch.Tensor:
