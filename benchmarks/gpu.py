@@ -69,16 +69,20 @@ def record(name: str, **kw) -> None:
     RES["runs"].append(r)
 
 
-def reference_step(make, bs: int, px: int, ncls: int, compile_: bool = False):
-    model = make().to(dev).to(memory_format=torch.channels_last)
-    if compile_:
-        model = torch.compile(model)
-    opt = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9, weight_decay=1e-4)
+def reference_step(make, bs: int, px: int, ncls: int, compile_: bool = False, mode: str | None = None):
+    """The idiomatic torchvision step; mode="reduce-overhead": compiled with CUDA graphs and fused SGD."""
+    base = make().to(dev).to(memory_format=torch.channels_last)
+    model = torch.compile(base, mode=mode) if compile_ or mode else base
+    graphs = mode == "reduce-overhead"
+    fused = {"fused": True} if graphs else {}
+    opt = torch.optim.SGD(base.parameters(), lr=0.1, momentum=0.9, weight_decay=1e-4, **fused)
     x = torch.randn(bs, 3, px, px, device=dev).to(memory_format=torch.channels_last)
     y = torch.randint(0, ncls, (bs,), device=dev)
     crit = torch.nn.CrossEntropyLoss(label_smoothing=0.1)
 
     def step():
+        if graphs:
+            torch.compiler.cudagraph_mark_step_begin()
         with torch.autocast(dev.type, dtype=torch.bfloat16):
             loss = crit(model(x), y)
         opt.zero_grad(set_to_none=True)
@@ -187,21 +191,8 @@ def compiled() -> None:
 
 def cudagraphs() -> None:
     """torch.compile(mode="reduce-overhead"): CUDA graphs for forward and backward (launch gaps)."""
-    model = torchvision.models.resnet50(num_classes=1000).to(dev).to(memory_format=torch.channels_last)
-    cmodel = torch.compile(model, mode="reduce-overhead")
-    opt = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9, weight_decay=1e-4, fused=True)
-    x = torch.randn(BS, 3, PX, PX, device=dev).to(memory_format=torch.channels_last)
-    y = torch.randint(0, 1000, (BS,), device=dev)
-    crit = torch.nn.CrossEntropyLoss(label_smoothing=0.1)
-
-    def one() -> None:
-        torch.compiler.cudagraph_mark_step_begin()
-        with torch.autocast(dev.type, dtype=torch.bfloat16):
-            loss = crit(cmodel(x), y)
-        loss.backward()
-        opt.step()
-        opt.zero_grad(set_to_none=True)
-
+    one = reference_step(lambda: torchvision.models.resnet50(num_classes=1000), BS, PX, 1000,
+                         mode="reduce-overhead")
     r, w = rate(one)
     c = RES.get("imgcls_resnet50_compiled")
     record("tv_resnet50_compiled_cudagraphs_fusedsgd", img_s=round(r, 1), warm_s=round(w, 1),
