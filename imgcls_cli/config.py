@@ -166,7 +166,7 @@ class OptimConfig(Frozen):
     accum_steps: int = Field(1, ge=1)
     ema: float | None = Field(None, gt=0.0, lt=1.0, description="EMA decay of the weights; None = off")
     grad_clip: float | None = Field(None, gt=0.0)
-    fused: bool | None = Field(None, description="fused/foreach optimizer kernels; default: by device")
+    fused: bool | None = Field(None, description="fused optimizer kernels (else foreach); default: fused on CUDA and CPU")
 
 
 class TrainConfig(Frozen):
@@ -182,6 +182,7 @@ class TrainConfig(Frozen):
     channels_last: bool | None = Field(None, description="default: on for CUDA")
     compile: bool = False
     fuse_attention: bool = Field(True, description="CUDA training: SE/CBAM/CA gates as compiled, fused regions")
+    trim_convs: bool = Field(True, description="CPU: convs skip kernel taps that only read zero padding (exact)")
     sync_bn: bool = False
     seed: int = 0
     deterministic: bool = False
