@@ -37,6 +37,17 @@ def autocast(device: torch.device, enabled: bool, dtype: str = "bf16"):
     return torch.autocast(device.type, dtype=torch.bfloat16 if dtype == "bf16" else torch.float16)
 
 
+def place_model(model: torch.nn.Module, tc, device: torch.device) -> None:
+    """Move the model to its device and memory format; on the CPU, trim all-padding conv taps (exact)."""
+    model.to(device)
+    if tc.channels_last:
+        model.to(memory_format=torch.channels_last)
+    if tc.trim_convs and device.type == "cpu":  # measured on the CPU only (docs/benchmarks.md)
+        from ..models.trimmed_conv import trim_convs
+
+        trim_convs(model)
+
+
 def setup_backends(device: torch.device, deterministic: bool, fuse_attention: bool = True) -> None:
     from ..models.attention import fused
 

@@ -22,7 +22,7 @@ from ..errors import ImgclsError
 from ..methods import task_class
 from . import distributed as dist
 from .checkpoint import read_checkpoint
-from .device import autocast, resolve_device, setup_backends
+from .device import autocast, place_model, resolve_device, setup_backends
 from .ema import ModelEma
 from .epochs import EpochBatches
 from .evaluator import evaluate
@@ -96,9 +96,7 @@ class Trainer:
 
         for line in log_messages if dist.is_main() else []:
             self.console.print(f"[dim]weights: {line}[/dim]")
-        model.to(self.device)
-        if cfg.train.channels_last:
-            model.to(memory_format=torch.channels_last)
+        place_model(model, cfg.train, self.device)
         self.model = model  # unwrapped: what checkpoints hold
         self.train_model = model
         if dist.is_dist() and cfg.train.sync_bn and self.device.type != "cuda":
