@@ -166,7 +166,7 @@ class OptimConfig(Frozen):
     accum_steps: int = Field(1, ge=1)
     ema: float | None = Field(None, gt=0.0, lt=1.0, description="EMA decay of the weights; None = off")
     grad_clip: float | None = Field(None, gt=0.0)
-    fused: bool | None = Field(None, description="fused optimizer kernels (else foreach); default: fused on CUDA and CPU")
+    fused: bool | None = Field(None, description="fused optimizer kernels, else foreach; default: fused on CUDA, CPU")
 
 
 class TrainConfig(Frozen):

@@ -66,7 +66,7 @@ def test_trimmed_resnet_trains_like_the_plain_one_and_keeps_its_state_dict() -> 
     trimmed = copy.deepcopy(plain)
     assert trim_convs(trimmed) == sum(type(m) is nn.Conv2d for m in plain.modules()) == 20
     assert list(trimmed.state_dict()) == list(plain.state_dict())
-    x, y = torch.randn(4, 3, 32, 32, dtype=torch.float64), torch.tensor([1, 2, 3, 4])  # layer4 sees 1x1 maps: 3 convs trimmed
+    x, y = torch.randn(4, 3, 32, 32, dtype=torch.float64), torch.tensor([1, 2, 3, 4])  # 1x1 maps in layer4
     for m in (plain, trimmed):
         F.cross_entropy(m(x), y).backward()
     torch.testing.assert_close(trimmed(x), plain(x), rtol=1e-10, atol=1e-10)
