@@ -48,14 +48,17 @@ def test_trimmed_conv_equals_the_full_conv_forward_and_backward(h, w, k, s, p, d
     assert trimmed.weight.grad.shape == trimmed.weight.shape  # the full weight gets the gradient
 
 
-def test_the_trimmed_path_runs_a_smaller_kernel(monkeypatch) -> None:
+def test_the_trimmed_path_runs_a_smaller_kernel_or_a_matrix_product(monkeypatch) -> None:
     seen = []
-    real = F.conv2d
-    monkeypatch.setattr(F, "conv2d", lambda x, w, *a: seen.append(tuple(w.shape)) or real(x, w, *a))
-    conv = TrimmedConv2d(4, 4, 3, padding=1)
-    conv(torch.randn(2, 4, 1, 1))
-    conv(torch.randn(2, 4, 8, 8))
-    assert seen == [(4, 4, 1, 1), (4, 4, 3, 3)]
+    conv2d, linear = F.conv2d, F.linear
+    monkeypatch.setattr(F, "conv2d", lambda x, w, *a: seen.append(("conv", tuple(w.shape))) or conv2d(x, w, *a))
+    monkeypatch.setattr(F, "linear", lambda x, w, *a: seen.append(("linear", tuple(w.shape))) or linear(x, w, *a))
+    conv = TrimmedConv2d(4, 6, 3, padding=1)
+    conv(torch.randn(2, 4, 1, 1))  # centre tap only, one output position: a (B, 4) x (4, 6) product
+    conv(torch.randn(2, 4, 1, 5))  # rows trimmed, columns not
+    conv(torch.randn(2, 4, 8, 8))  # nothing to trim
+    TrimmedConv2d(4, 6, 3, stride=2, padding=1)(torch.randn(2, 4, 2, 2))  # 2x2 live taps cover the 2x2 map
+    assert seen == [("linear", (6, 4)), ("conv", (6, 4, 1, 3)), ("conv", (6, 4, 3, 3)), ("linear", (6, 16))]
 
 
 def test_trimmed_resnet_trains_like_the_plain_one_and_keeps_its_state_dict() -> None:

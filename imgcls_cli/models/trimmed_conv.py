@@ -7,8 +7,10 @@ Those taps add exact zeros to the output and get exact-zero gradients, yet oneDN
 them: on the 2-core CPU sandbox the three 512x512 3x3 convolutions on 1x1 maps took 55 ms of a
 275 ms ResNet-18 training step at 32 px.  `TrimmedConv2d` convolves with the live slice of the weight
 and the padding shifted to match; the slice's gradient flows back into the full weight (zeros
-elsewhere), so parameters, state_dict keys, optimizer state and checkpoints are unchanged.  Results
-equal the full convolution up to float summation order.
+elsewhere), so parameters, state_dict keys, optimizer state and checkpoints are unchanged.  Where a
+single output position's live taps cover the whole map (both layer4 cases above) the convolution is a
+matrix product and runs as one (`F.linear`): oneDNN's conv kernels were several times slower there.
+Results equal the full convolution up to float summation order.
 
 `trim_convs(model)` switches a model's plain `nn.Conv2d` layers to this class in place; the trainer
 does so on the CPU (`train.trim_convs`).  It stays out of torch.compile, which sees plain convs.
@@ -56,6 +58,12 @@ class TrimmedConv2d(nn.Conv2d):
         out_h = (x.shape[-2] + 2 * ph - dh * (kh - 1) - 1) // sh + 1
         out_w = (x.shape[-1] + 2 * pw - dw * (kw - 1) - 1) // sw + 1
         w = weight[:, :, lo_h:hi_h, lo_w:hi_w]  # (C_out, C_in / groups, kh', kw'), a view of the live taps
+        if (out_h, out_w) == (1, 1) and self.groups == 1 and w.shape[-2:] == x.shape[-2:] \
+                and (ph - lo_h * dh, pw - lo_w * dw) == (0, 0) and (dh, dw) == (1, 1):
+            # one output position whose live taps cover the whole map: a matrix product, which oneDNN's conv
+            # kernels do several times slower than a GEMM at these shapes
+            y = F.linear(x.flatten(1), w.reshape(w.shape[0], -1), bias)  # (B, C_out)
+            return y[:, :, None, None]
         y = F.conv2d(x, w, bias, self.stride, (ph - lo_h * dh, pw - lo_w * dw), self.dilation, self.groups)
         if y.shape[-2:] != (out_h, out_w):  # the shifted padding made extra trailing positions
             y = y[..., :out_h, :out_w]
