@@ -96,6 +96,8 @@ def main() -> None:
     p.add_argument("--workers", type=int, default=2)
     p.add_argument("--limit", type=int, default=0, help="use about this many training images")
     p.add_argument("--device", default="cpu")
+    p.add_argument("--threads", type=int, default=0, help="torch intra-op threads for both sides (0: torch's default);"
+                   " 1 avoids OpenMP barrier stalls when other jobs share the cores")
     p.add_argument("--quick", action="store_true")
     p.add_argument("--repeats", type=int, default=None, help="alternating rounds (reference, imgcls, ...); the"
                    " ratio is of the median epoch times (default: 3 with --quick, else 1)")
@@ -106,7 +108,10 @@ def main() -> None:
     if not (Path(args.data) / "train").is_dir():
         sys.exit(f"skip: {args.data}/train is absent (../shared/data beside the checkout)")
     dev = torch.device(args.device)
+    if args.threads:
+        torch.set_num_threads(args.threads)
     res = {"machine": os.uname().nodename, "cpus": os.cpu_count(), "torch": torch.__version__,
+           "threads": torch.get_num_threads(), "load_avg_before": os.getloadavg(),
            "date": time.strftime("%Y-%m-%d"), "args": vars(args), "runs": []}
     variants = [{}]
     if dev.type == "cpu":
@@ -131,7 +136,8 @@ def main() -> None:
                                "ratios_per_round": per_round})
     Path(args.out).mkdir(parents=True, exist_ok=True)
     (Path(args.out) / "train_throughput.json").write_text(json.dumps(res, indent=1))
-    print(f"{rounds} alternating round(s); medians:")
+    print(f"{rounds} alternating round(s), {torch.get_num_threads()} thread(s), load average before "
+          f"{res['load_avg_before'][0]:.1f}, after {os.getloadavg()[0]:.1f}; medians:")
     for r in res["summary"]:
         print(f"{r['side']}: epoch {r['median_epoch_s']:.1f}s vs reference {ref_s:.1f}s -> ratio "
               f"{r['ratio_epoch_time_vs_ref']:.2f} (goal <= 0.8; per round "
