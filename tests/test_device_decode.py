@@ -4,8 +4,8 @@ mixed JPEG/PNG batches, bad files, HDF5 packs, option conflicts and a training r
 Tolerance: on the CPU both paths decode with libjpeg-turbo (simplejpeg and torchvision, same IDCT and chroma
 upsampling: bit-identical, checked below), crop the same box and flip alike; only the bilinear resize differs:
 cv2.resize (INTER_LINEAR) rounds with 11-bit fixed-point weights, the device path interpolates in float32 and
-rounds once.  That is at most 1 grey level per pixel, which is what the tests allow.  nvJPEG on CUDA differs
-from libjpeg-turbo by a few levels more; that is not tested here (no GPU).
+rounds once.  That is at most 1 grey level per pixel, which is what the tests allow.  nvJPEG on CUDA may differ
+from libjpeg-turbo more (IDCT, chroma upsampling); that is not tested here (no GPU).
 """
 
 from __future__ import annotations
