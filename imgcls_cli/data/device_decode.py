@@ -125,12 +125,13 @@ class BatchDecoder:
         pos = enc["jpeg_pos"].tolist()
         if pos:
             bufs = list(enc["jpeg_bytes"].split(enc["jpeg_sizes"].tolist()))  # J views of (n_j,) uint8
-            imgs = self._decode(bufs, [int(indices[p]) for p in pos])
+            index_of = indices.tolist()
+            imgs = self._decode(bufs, [index_of[p] for p in pos])
             for img, box, flip, p in zip(imgs, enc["jpeg_boxes"].tolist(), enc["jpeg_flip"].tolist(), pos,
                                          strict=True):
                 if isinstance(img, str):  # the reason it is bad
                     keep[p] = False
-                    bad.append((int(indices[p]), img))
+                    bad.append((index_of[p], img))
                 else:
                     out[p] = crop_resize_flip(img, box, flip, self.size)
         if not bool(keep.all()):
@@ -182,5 +183,7 @@ class DeviceDecodeLoader:
         it = iter(self.loader)  # now, not at the first next(): EpochBatches.prefetch starts the workers early
         return (self.decoder(batch) for batch in it)
 
-    def __getattr__(self, name: str) -> Any:
-        return getattr(self.__dict__["loader"], name)
+    def __getattr__(self, name: str) -> Any:  # only for names this class does not define: batch_size, sampler, ...
+        if name == "loader":
+            raise AttributeError(name)
+        return getattr(self.loader, name)
