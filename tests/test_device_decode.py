@@ -108,6 +108,24 @@ def test_header_edge_cases() -> None:
     assert dd.device_jpeg_size(with_exif) is None and dd.device_jpeg_size(buf[:-10]) is None
 
 
+def test_exif_orientation_from_the_header() -> None:
+    import struct
+
+    for n in range(1, 9):
+        exif = Image.Exif()
+        exif[0x0112] = n
+        buf = _jpeg(_noise(20, 30), exif=exif.tobytes())
+        assert parse_jpeg_header(buf).orientation == n
+        assert (dd.device_jpeg_size(buf) == (20, 30)) == (n == 1)  # only an explicit 1 needs no rotation
+    big_endian = b"Exif\x00\x00MM\x00*" + struct.pack(">IHHHIHHI", 8, 1, 0x0112, 3, 1, 6, 0, 0)
+    buf = _jpeg(_noise(20, 30), exif=big_endian)
+    assert parse_jpeg_header(buf).orientation == 6 == Image.open(io.BytesIO(buf)).getexif()[0x0112]
+    other = Image.Exif()
+    other[0x010F] = "maker"  # Exif without an Orientation tag: unknown, so the worker decodes it as today
+    assert parse_jpeg_header(_jpeg(_noise(20, 30), exif=other.tobytes())).orientation is None
+    assert parse_jpeg_header(_jpeg(_noise(20, 30))).orientation is None
+
+
 def test_header_matches_pillow_on_real_files() -> None:
     if not SHARED_DATA.is_dir():
         pytest.skip(f"real data folder {SHARED_DATA} is absent (../shared/data beside the checkout)")
@@ -198,9 +216,10 @@ def test_mixed_batch_keeps_order_and_labels(tmp_path: Path) -> None:
     src = FolderSource(files, [(7 * i) % 5 for i in range(len(files))])
     worker, device, batch = _both_paths(src, list(range(len(files))), size=32)
     enc = batch["encoded"]
-    assert len(enc["pixel_pos"]) >= 6 and len(enc["jpeg_pos"]) >= 6  # both kinds in one batch
-    assert set(enc["pixel_pos"].tolist()) >= {1, 2, 4, 7, 10}  # PNG, CMYK, EXIF-rotated: decoded by the worker
-    assert {0, 3, 5, 6, 12} <= set(enc["jpeg_pos"].tolist())
+    # both kinds in one batch: PNG, CMYK and EXIF-rotated files decoded by the worker, the rest (incl. grayscale,
+    # EXIF orientation 1 and the 4000x3000 photo) by decode_jpeg
+    assert set(enc["pixel_pos"].tolist()) == {1, 2, 4, 7, 10}
+    assert set(enc["jpeg_pos"].tolist()) == {0, 3, 5, 6, 8, 9, 11, 12}
     _assert_same_batch(worker, device)
     assert device["targets"].tolist() == [(7 * i) % 5 for i in range(len(files))]
 

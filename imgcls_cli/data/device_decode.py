@@ -9,7 +9,7 @@ path's cv2.INTER_LINEAR does (no antialiasing, half-pixel centres), flips and st
 (B, 3, S, S) on the device; the existing `DeviceNormalizer` then normalises it.
 
 Everything else keeps the worker path, item by item: PNG and other formats, CMYK/12-bit/lossless/
-arithmetic JPEGs, JPEGs with EXIF orientation or without an end-of-image marker (truncated), and
+arithmetic JPEGs, JPEGs with an EXIF orientation other than 1 or without an end-of-image marker, and
 sources that store pixels (digits, CIFAR arrays, resized HDF5 packs).  The worker decodes and crops
 those on the CPU and ships the uint8 crop; the batch carries both kinds and `BatchDecoder` merges
 them in sample order.  A file neither decoder can read is dropped and reported with its reason,
@@ -33,10 +33,15 @@ from .jpeg_header import device_decodable, parse_jpeg_header
 
 def device_jpeg_size(buf: bytes) -> tuple[int, int] | None:
     """(height, width) of a JPEG the device decoder takes as the worker path would, else None (worker decode)."""
-    if len(buf) < 4 or buf[-2:] != b"\xff\xd9" or _has_exif_orientation(buf):  # no EOI: truncated or trailing data
+    if len(buf) < 4 or buf[-2:] != b"\xff\xd9":  # no EOI: truncated or trailing data
         return None
     h = parse_jpeg_header(buf)
-    return (h.height, h.width) if device_decodable(h) else None
+    if not device_decodable(h):
+        return None
+    # decode.py sends files its EXIF test flags to Pillow + exif_transpose; an explicit Orientation 1 changes nothing
+    if _has_exif_orientation(buf) and h.orientation != 1:
+        return None
+    return h.height, h.width
 
 
 class EncodedTrainSet(ImageDataset):

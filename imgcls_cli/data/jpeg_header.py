@@ -25,6 +25,7 @@ class JpegHeader:
     components: int  # 1 grayscale, 3 YCbCr (or RGB), 4 CMYK/YCCK
     sof: int  # the SOFn marker byte: 0xC0 baseline, 0xC2 progressive, ...
     precision: int  # bits per sample
+    orientation: int | None = None  # the EXIF Orientation tag (1-8) when an Exif APP1 segment has one
 
 
 def parse_jpeg_header(buf: bytes | memoryview, limit: int = 1 << 20) -> JpegHeader | None:
@@ -35,7 +36,7 @@ def parse_jpeg_header(buf: bytes | memoryview, limit: int = 1 << 20) -> JpegHead
     n = min(len(buf), limit)
     if n < 4 or buf[0] != 0xFF or buf[1] != 0xD8:  # SOI
         return None
-    pos = 2
+    pos, orientation = 2, None
     while pos + 4 <= n:
         if buf[pos] != 0xFF:
             return None  # garbage between segments
@@ -60,8 +61,29 @@ def parse_jpeg_header(buf: bytes | memoryview, limit: int = 1 << 20) -> JpegHead
             precision, height, width, comps = struct.unpack_from(">BHHB", buf, pos + 2)
             if height == 0 or width == 0 or comps == 0:  # height 0: defined later by a DNL marker (rare)
                 return None
-            return JpegHeader(height, width, comps, marker, precision)
+            return JpegHeader(height, width, comps, marker, precision, orientation)
+        if marker == 0xE1 and orientation is None:  # APP1: Exif (or XMP)
+            orientation = _exif_orientation(bytes(buf[pos + 2:min(pos + length, n)]))
         pos += length
+    return None
+
+
+def _exif_orientation(seg: bytes) -> int | None:
+    """The Orientation tag (0x0112) of IFD0 in an APP1 payload, or None (not Exif, no such tag, unreadable)."""
+    if seg[:6] != b"Exif\x00\x00" or seg[6:10] not in (b"II*\x00", b"MM\x00*"):
+        return None
+    tiff, e = seg[6:], "<" if seg[6:8] == b"II" else ">"  # TIFF 6.0 header: byte order, 42, offset of IFD0
+    (ifd,) = struct.unpack_from(e + "I", tiff, 4)
+    if ifd + 2 > len(tiff):
+        return None
+    (count,) = struct.unpack_from(e + "H", tiff, ifd)
+    for k in range(count):  # 12-byte entries: tag, type, count, value (a SHORT sits in the first 2 bytes)
+        o = ifd + 2 + 12 * k
+        if o + 12 > len(tiff):
+            return None
+        tag, typ, cnt = struct.unpack_from(e + "HHI", tiff, o)
+        if tag == 0x0112:
+            return struct.unpack_from(e + "H", tiff, o + 8)[0] if typ == 3 and cnt == 1 else None
     return None
 
 
