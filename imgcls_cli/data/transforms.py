@@ -53,7 +53,6 @@ class TrainCompose(A.Compose):
             out = t(**out)
         return out
 
-
     def draw_crop_flip(self, hw: tuple[int, int], data: dict[str, Any] | None = None) -> tuple[tuple[int, ...], bool]:
         """The crop box (x0, y0, x1, y1) and flip of one image of height x width `hw`: the draws of `__call__`, in its
         order (the Compose p-check, the crop, the flip), so `data.decode=device` crops where the CPU path would."""
