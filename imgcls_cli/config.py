@@ -52,6 +52,10 @@ class DataConfig(Frozen):
     progressive_epochs: int | None = Field(None, ge=1, description="T of the progressive sampler; default: epochs")
     max_train_per_class: int | None = Field(None, ge=1)
     decoder: Literal["auto", "pil", "simplejpeg", "cv2"] = "auto"
+    decode: Literal["workers", "device"] = Field(
+        "workers", description="workers: loader workers decode, crop and flip (libjpeg-turbo); device: workers read the"
+        " bytes and draw the crop, the training device decodes the batch's JPEGs (nvJPEG on CUDA) and crops/flips;"
+        " training batches only, random-resized crop + flip only")
 
     @field_validator("sampler")
     @classmethod
@@ -263,6 +267,15 @@ class Config(Frozen):
             raise ValueError("--method bbn mixes its own two samplers; Mixup/CutMix are not supported with it")
         if self.train.method == "wsdan" and mixing:
             raise ValueError("--method wsdan crops by attention per image; Mixup/CutMix are not supported with it")
+        if self.data.decode == "device":  # the device path does random-resized crop + flip, nothing else
+            a = self.aug
+            for given, what, valid in ((a.autoaugment, f"--autoaugment {a.autoaugment}", "--autoaugment none"),
+                                       (a.color_jitter > 0, f"aug.color_jitter={a.color_jitter}", "aug.color_jitter=0"),
+                                       (self.data.decoder != "auto", f"data.decoder={self.data.decoder}",
+                                        "data.decoder=auto")):
+                if given:
+                    raise ValueError(f"data.decode=device does random-resized crop and flip only; {what} needs the"
+                                     f" worker path (valid: {valid}, or data.decode=workers)")
         if self.optim.schedule == "multistep" and not self.optim.milestones:
             raise ValueError("optim.milestones: --schedule multistep needs at least one milestone epoch")
         return self

@@ -72,6 +72,9 @@ class HDF5Source(Source):
         """The stored bytes of image i (encoded mode): equal to the source file's bytes."""
         return self._group()["images"][int(i)].tobytes()
 
+    def encoded(self, i: int) -> bytes | None:
+        return self.raw_bytes(i) if self.mode == "encoded" else None  # resized packs store pixels
+
     def describe(self, i: int) -> str:
         name = self._group()["names"][int(i)]
         return f"{self.path}:{self.split}/{name.decode() if isinstance(name, bytes) else name}"

@@ -7,6 +7,7 @@ bytes than float32); `DeviceNormalizer` turns them into normalised float tensors
 from __future__ import annotations
 
 import sys
+from collections.abc import Callable
 from typing import Any
 
 import numpy as np
@@ -24,12 +25,13 @@ def _worker_init(worker_id: int) -> None:
 
 
 def make_loader(dataset: ImageDataset, sampler: Sampler | None, batch_size: int, workers: int,
-                pin_memory: bool, drop_last: bool = False, seed: int = 0) -> DataLoader:
+                pin_memory: bool, drop_last: bool = False, seed: int = 0,
+                collate_fn: Callable[[list[Any]], dict[str, Any]] = collate) -> DataLoader:
     kw: dict[str, Any] = {}
     if workers > 0:
         kw.update(persistent_workers=True, prefetch_factor=4, worker_init_fn=_worker_init)
     return DataLoader(dataset, batch_size=batch_size, sampler=sampler, shuffle=False, num_workers=workers,
-                      pin_memory=pin_memory, drop_last=drop_last, collate_fn=collate,
+                      pin_memory=pin_memory, drop_last=drop_last, collate_fn=collate_fn,
                       generator=torch.Generator().manual_seed(seed), **kw)
 
 

@@ -15,7 +15,7 @@ from typing import Any
 import numpy as np
 
 from ..errors import DataError
-from .decode import IMAGE_EXTS, decode_file
+from .decode import IMAGE_EXTS, BadImage, decode_file, read_file
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -33,6 +33,10 @@ class Source:
     def describe(self, i: int) -> str:
         return f"#{i}"
 
+    def encoded(self, i: int) -> bytes | None:
+        """The stored file bytes of image i, or None when the source holds decoded pixels; raises BadImage."""
+        return None
+
     def subset(self, indices: np.ndarray) -> Source:
         return SubsetSource(self, np.asarray(indices, dtype=np.int64))
 
@@ -47,6 +51,9 @@ class SubsetSource(Source):
 
     def describe(self, i: int) -> str:
         return self.base.describe(int(self.indices[i]))
+
+    def encoded(self, i: int) -> bytes | None:
+        return self.base.encoded(int(self.indices[i]))
 
 
 class ArraySource(Source):
@@ -66,6 +73,12 @@ class FolderSource(Source):
 
     def describe(self, i: int) -> str:
         return str(self.files[i])
+
+    def encoded(self, i: int) -> bytes:
+        try:
+            return read_file(self.files[i])
+        except OSError as e:
+            raise BadImage(f"cannot read ({e.strerror})") from None  # decode_file's reason
 
 
 @dataclass

@@ -40,20 +40,27 @@ class TrainCompose(A.Compose):
         if (args or force_apply or len(data) != 1 or not isinstance(img, np.ndarray) or img.dtype != np.uint8
                 or img.ndim != 3 or img.shape[2] != 3 or self.save_applied_params or self.p < 1.0):
             return super().__call__(*args, force_apply=force_apply, **data)
-        self.py_random.random()  # A.Compose draws its own p-check first; keep the stream aligned
-        crop_t = self.transforms[0]
-        crop_t.params = {}
-        (x0, y0, x1, y1) = crop_t.get_params_dependent_on_data({"shape": img.shape}, data)["crop_coords"]
+        (x0, y0, x1, y1), flip = self.draw_crop_flip(img.shape[:2], data)
         crop = img[y0:y1, x0:x1]  # a view: no copy before the resize
+        crop_t = self.transforms[0]
         h, w = crop_t.size
         if crop.shape[:2] != (h, w):
             crop = cv2.resize(crop, (w, h), interpolation=crop_t._get_interpolation_for_resize(crop.shape[:2], "image"))
-        if self._flip is not None and self._flip.should_apply():
+        if flip:
             crop = cv2.flip(crop, 1)
         out = {"image": crop}
         for t in self._tail:
             out = t(**out)
         return out
+
+    def draw_crop_flip(self, hw: tuple[int, int], data: dict[str, Any] | None = None) -> tuple[tuple[int, ...], bool]:
+        """The crop box (x0, y0, x1, y1) and flip of one image of height x width `hw`: the draws of `__call__`, in its
+        order (the Compose p-check, the crop, the flip), so `data.decode=device` crops where the CPU path would."""
+        self.py_random.random()  # A.Compose draws its own p-check first; keep the stream aligned
+        crop_t = self.transforms[0]
+        crop_t.params = {}
+        box = crop_t.get_params_dependent_on_data({"shape": (hw[0], hw[1], 3)}, data or {})["crop_coords"]
+        return tuple(int(v) for v in box), bool(self._flip is not None and self._flip.should_apply())
 
 
 def train_transform(img_size: int, crop_scale: tuple[float, float], crop_ratio: tuple[float, float], hflip: float,

@@ -9,7 +9,8 @@ import torch
 from torch.utils.data import DataLoader
 
 from ..config import Config
-from ..data.dataset import ImageDataset
+from ..data.dataset import ImageDataset, collate
+from ..data.device_decode import BatchDecoder, DeviceDecodeLoader, EncodedTrainSet, collate_encoded
 from ..data.loader import DeviceNormalizer, make_loader
 from ..data.samplers import SequentialShard
 from ..data.sources import DataBundle, open_data
@@ -43,7 +44,7 @@ class DataSetup:
     train_set: ImageDataset
     val_set: ImageDataset | None
     train_sampler: Any
-    train_loader: DataLoader
+    train_loader: Any  # a DataLoader (a DeviceDecodeLoader around one with data.decode=device)
     val_loader: DataLoader | None
     normalizer: DeviceNormalizer
 
@@ -54,16 +55,28 @@ def make_sampler(name: str, cfg: Config, labels: Any, num_classes: int, salt: in
                total_epochs=cfg.data.progressive_epochs or cfg.train.epochs)
 
 
+def train_loader_for(cfg: Config, train_set: ImageDataset, sampler: Any, device: torch.device, seed: int) -> Any:
+    """The training DataLoader; with data.decode=device wrapped so that its batches are decoded on `device`."""
+    on_device = cfg.data.decode == "device"
+    bs, pin = cfg.train.batch_size, cfg.data.pin_memory and device.type == "cuda"
+    loader = make_loader(train_set, sampler, bs, cfg.data.workers, pin, drop_last=sampler.per_rank > bs, seed=seed,
+                         collate_fn=collate_encoded if on_device else collate)
+    if not on_device:
+        return loader
+    size = train_set.transform.transforms[0].size[0]  # the RandomResizedCrop's output side: the worker path's size
+    return DeviceDecodeLoader(loader, BatchDecoder(train_set, size, device))
+
+
 def setup_data(cfg: Config, bundle: DataBundle, device: torch.device) -> DataSetup:
     if len(bundle.train) == 0:
         raise DataError(f"--data {cfg.data.path}: the training split is empty")
     train_tf, eval_tf = transforms_from_config(cfg, bundle)
-    train_set = ImageDataset(bundle.train, train_tf, seed=cfg.train.seed)
+    train_cls = EncodedTrainSet if cfg.data.decode == "device" else ImageDataset
+    train_set = train_cls(bundle.train, train_tf, seed=cfg.train.seed)
     sampler = make_sampler(cfg.data.sampler, cfg, bundle.train.labels, bundle.num_classes)
     bs = cfg.train.batch_size
     pin = cfg.data.pin_memory and device.type == "cuda"
-    train_loader = make_loader(train_set, sampler, bs, cfg.data.workers, pin,
-                               drop_last=sampler.per_rank > bs, seed=cfg.train.seed)
+    train_loader = train_loader_for(cfg, train_set, sampler, device, cfg.train.seed)
     val_set = val_loader = None
     if bundle.val is not None and len(bundle.val) > 0:
         val_set = ImageDataset(bundle.val, eval_tf, seed=cfg.train.seed)
@@ -73,14 +86,11 @@ def setup_data(cfg: Config, bundle: DataBundle, device: torch.device) -> DataSet
     return DataSetup(bundle, train_set, val_set, sampler, train_loader, val_loader, norm)
 
 
-def second_stream(cfg: Config, data: DataSetup, name: str, device: torch.device) -> tuple[Any, DataLoader]:
+def second_stream(cfg: Config, data: DataSetup, name: str, device: torch.device) -> tuple[Any, Any]:
     """A second batch stream over the same training set (BBN: the reversed sampler), seeded apart from the
     first (salt 1); it has as many batches per epoch as the main stream and is normalised the same way."""
     sampler = make_sampler(name, cfg, data.bundle.train.labels, data.bundle.num_classes, salt=1)
-    bs = cfg.train.batch_size
-    loader = make_loader(data.train_set, sampler, bs, cfg.data.workers, cfg.data.pin_memory and device.type == "cuda",
-                         drop_last=sampler.per_rank > bs, seed=cfg.train.seed + 1)
-    return sampler, loader
+    return sampler, train_loader_for(cfg, data.train_set, sampler, device, cfg.train.seed + 1)
 
 
 def open_and_resolve(cfg: Config, device: torch.device) -> tuple[Config, DataBundle]:
