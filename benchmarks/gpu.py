@@ -94,14 +94,16 @@ def reference_step(make, bs: int, px: int, ncls: int, compile_: bool = False, mo
     return step
 
 
-def imgcls_step(backbone: str, bs: int, px: int, ncls: int, attn: str = "none", compile_: bool = False):
-    """What imgcls's trainer does per step, built from its own components."""
+def imgcls_step(backbone: str, bs: int, px: int, ncls: int, attn: str = "none", compile_: bool = False,
+                mode: str = "default"):
+    """What imgcls's trainer does per step, built from its own components (mode: train.compile_mode)."""
     cfg = build_config(None, {"model.backbone": backbone, "model.attn": attn, "loss.label_smoothing": 0.1,
-                              "train.finite_check": "log",
+                              "train.finite_check": "log", "train.compile_mode": mode,
                               "optim.weight_decay": 1e-4, "train.channels_last": True, "train.compile": compile_})
     tcls = task_class(cfg)
     model = tcls.build_model(cfg, ncls).to(dev).to(memory_format=torch.channels_last)
-    train_model = torch.compile(model) if compile_ else model
+    train_model = torch.compile(model, mode=mode) if compile_ else model
+    graphs = compile_ and mode in ("reduce-overhead", "max-autotune")
     task = tcls(cfg, train_model, ncls, None)
     opt = build_optimizer(cfg.optim, param_groups(model, 1e-4, True), dev)
     norm = DeviceNormalizer((0.485, 0.456, 0.406), (0.229, 0.224, 0.225), dev, channels_last=True)
@@ -109,6 +111,8 @@ def imgcls_step(backbone: str, bs: int, px: int, ncls: int, attn: str = "none", 
     y = torch.randint(0, ncls, (bs,), device=dev)
 
     def step():
+        if graphs:  # as the trainer does
+            torch.compiler.cudagraph_mark_step_begin()
         x = norm(xb)
         with torch.autocast(dev.type, dtype=torch.bfloat16):
             out = task.train_step({"images": x, "targets": y, "soft": None})
@@ -199,6 +203,17 @@ def cudagraphs() -> None:
     c = RES.get("imgcls_resnet50_compiled")
     record("tv_resnet50_compiled_cudagraphs_fusedsgd", img_s=round(r, 1), warm_s=round(w, 1),
            vs_imgcls_compiled=round(r / c, 3) if c else None)
+
+
+def compiled_modes() -> None:
+    """`--compile` with train.compile_mode: CUDA graphs (reduce-overhead) and Triton/cuBLAS autotuning without graphs,
+    against the default mode measured in `compiled` (goal: >= 7000 img/s on an H200)."""
+    base = RES.get("imgcls_resnet50_compiled")
+    for mode in ("reduce-overhead", "max-autotune-no-cudagraphs"):
+        c, w = rate(imgcls_step("resnet50", BS, PX, 1000, compile_=True, mode=mode))
+        record(f"imgcls_resnet50_compiled_{mode}", img_s=round(c, 1), warm_s=round(w, 1),
+               vs_default_mode=round(c / base, 3) if base else None)
+        torch._dynamo.reset()
 
 
 def attn_compiled() -> None:
@@ -322,11 +337,12 @@ def cam() -> None:
 
 
 # (section, rough seconds on an H200 incl. compilation, as measured 2026-11-28): skipped when it would end past
-# --budget.  Next run: `--only e2e,e2e_fewcores,attn_mobilenet,cudagraphs` (e2e_fewcores and the data.decode=device
-# rows of e2e never measured, so their seconds here are estimates; the others not yet after the changes of 2026-11-28)
-SECTIONS = [(micro, 20), (step, 40), (attn, 130), (compiled, 120), (e2e, 140), (attn_compiled, 330),
-            (timm_refs, 30), (cam, 15), (cudagraphs, 70),
-            (attn_mobilenet, 120), (e2e_fewcores, 150)]
+# --budget.  Next run: `--only compiled,compiled_modes,cudagraphs,e2e,e2e_fewcores` (compiled_modes, e2e_fewcores
+# and the data.decode=device rows of e2e never measured, so their seconds here are estimates; max-autotune compiles
+# for minutes)
+SECTIONS = [(micro, 20), (step, 40), (attn, 130), (compiled, 120), (e2e, 140), (compiled_modes, 300),
+            (cudagraphs, 70), (e2e_fewcores, 150), (attn_compiled, 330), (timm_refs, 30), (cam, 15),
+            (attn_mobilenet, 120)]
 only = set(filter(None, args.only.split(",")))
 for fn, est in SECTIONS:
     if only and fn.__name__ not in only:

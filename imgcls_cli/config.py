@@ -185,6 +185,8 @@ class TrainConfig(Frozen):
     amp_dtype: Literal["bf16", "fp16"] = "bf16"
     channels_last: bool | None = Field(None, description="default: on for CUDA")
     compile: bool = False
+    compile_mode: Literal["default", "reduce-overhead", "max-autotune-no-cudagraphs", "max-autotune"] = Field(
+        "default", description="torch.compile mode with --compile; reduce-overhead/max-autotune add CUDA graphs")
     fuse_attention: bool = Field(True, description="CUDA training: SE/CBAM/CA gates as compiled, fused regions")
     trim_convs: bool = Field(True, description="CPU: convs skip kernel taps that only read zero padding (exact)")
     sync_bn: bool = False
@@ -214,6 +216,12 @@ class TrainConfig(Frozen):
     @classmethod
     def _method(cls, v: str) -> str:
         return _check("method", v)
+
+    @model_validator(mode="after")
+    def _compile_mode(self) -> TrainConfig:
+        if self.compile_mode != "default" and not self.compile:
+            raise ValueError(f"train.compile_mode={self.compile_mode} needs --compile (or leave it at default)")
+        return self
 
 
 class Config(Frozen):

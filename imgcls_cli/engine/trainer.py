@@ -108,7 +108,8 @@ class Trainer:
             self.train_model = torch.nn.parallel.DistributedDataParallel(
                 self.train_model, device_ids=[self.device.index] if self.device.type == "cuda" else None)
         if cfg.train.compile:
-            self.train_model = torch.compile(self.train_model)
+            self.train_model = torch.compile(self.train_model, mode=cfg.train.compile_mode)
+        self.graphs = cfg.train.compile and cfg.train.compile_mode in ("reduce-overhead", "max-autotune")
         self.task = tcls(cfg, self.train_model, bundle.num_classes, self.class_counts)
         for m in self.task.loss_modules():
             m.to(self.device)
@@ -330,6 +331,8 @@ class Trainer:
                     per_step = cfg.train.finite_check == "step"
                     if per_step:
                         self.buffer_guard.snapshot()
+                    if self.graphs:  # CUDA graphs: the previous step's graph outputs may be overwritten now
+                        torch.compiler.cudagraph_mark_step_begin()
                     with amp:
                         out = self.task.train_step(step_batch)
                     loss = out["loss"]
