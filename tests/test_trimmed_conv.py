@@ -84,3 +84,12 @@ def test_compile_traces_the_plain_conv() -> None:
     x = torch.randn(2, 4, 1, 1)
     out = torch.compile(conv, backend="eager", fullgraph=True)(x)
     torch.testing.assert_close(out, conv(x), rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("h,s", [(1, 1), (2, 2), (1, 2), (3, 1)])
+def test_channels_last_inputs_and_weights(h: int, s: int) -> None:
+    full = nn.Conv2d(8, 16, 3, s, 1).double().to(memory_format=torch.channels_last)
+    trimmed = copy.deepcopy(full)
+    trimmed.__class__ = TrimmedConv2d
+    x = torch.randn(3, 8, h, h, dtype=torch.float64).contiguous(memory_format=torch.channels_last)
+    torch.testing.assert_close(trimmed(x), full(x), rtol=1e-12, atol=1e-12)
