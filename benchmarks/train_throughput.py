@@ -115,7 +115,7 @@ def main() -> None:
            "date": time.strftime("%Y-%m-%d"), "args": vars(args), "runs": []}
     variants = [{}]
     if dev.type == "cpu":
-        variants.append({"train.channels_last": True})
+        variants.append({"train.cpu_amp": True})  # bf16 autocast + channels_last (the reference stays float32)
     rounds = args.repeats or (3 if args.quick else 1)
     refs, mine = [], {i: [] for i in range(len(variants))}
     for _ in range(rounds):  # alternate, so that load from elsewhere hits both sides alike

@@ -182,8 +182,9 @@ class TrainConfig(Frozen):
     device: str = Field("auto", description="auto, cpu, cuda, cuda:N, mps")
     devices: int = Field(1, ge=1, description="processes on this node (torchrun)")
     amp: bool = Field(True, description="bf16/fp16 autocast on CUDA")
+    cpu_amp: bool = Field(False, description="bf16 autocast on the CPU as well (fast where the CPU has AMX)")
     amp_dtype: Literal["bf16", "fp16"] = "bf16"
-    channels_last: bool | None = Field(None, description="default: on for CUDA")
+    channels_last: bool | None = Field(None, description="default: on for CUDA, and on the CPU with cpu_amp")
     compile: bool = False
     compile_mode: Literal["default", "reduce-overhead", "max-autotune-no-cudagraphs", "max-autotune"] = Field(
         "default", description="torch.compile mode with --compile; reduce-overhead/max-autotune add CUDA graphs")

@@ -35,3 +35,32 @@ def test_trainer_trims_convs_on_the_cpu_unless_told_not_to(tiny_folder, tmp_path
     assert kinds == ({TrimmedConv2d} if trim else {nn.Conv2d})
     trainer.fit()
     assert (tmp_path / "r" / "last.pt").is_file()
+
+
+@pytest.mark.filterwarnings("ignore:CUDA is not available")  # the CUDA context is only built, not entered
+def test_autocast_follows_amp_on_cuda_and_cpu_amp_on_the_cpu() -> None:
+    from imgcls_cli.engine.device import autocast
+
+    cpu, cuda = torch.device("cpu"), torch.device("cuda")
+    tc = Config().train
+    with autocast(cpu, tc):
+        assert not torch.is_autocast_enabled("cpu")  # the default keeps CPU runs in float32
+    with autocast(cpu, Config().replace(**{"train.cpu_amp": True}).train):
+        assert torch.is_autocast_enabled("cpu") and torch.get_autocast_dtype("cpu") == torch.bfloat16
+    ctx = autocast(cuda, tc)
+    assert isinstance(ctx, torch.autocast) and ctx.fast_dtype == torch.bfloat16
+    assert not isinstance(autocast(cuda, Config().replace(**{"train.amp": False}).train), torch.autocast)
+
+
+def test_cpu_amp_run_trains_in_bf16_with_channels_last(tiny_folder, tmp_path) -> None:
+    from imgcls_cli.engine.trainer import Trainer
+
+    cfg = Config().replace(**quick_overrides(**{"data.path": str(tiny_folder), "train.out": str(tmp_path / "r"),
+                                                "train.cpu_amp": True}))
+    trainer = Trainer(cfg)
+    assert trainer.cfg.train.channels_last is True  # resolved: channels_last goes with bf16 on the CPU
+    seen = []
+    trainer.train_model.register_forward_hook(
+        lambda m, i, o: seen.append((torch.is_autocast_enabled("cpu"), o.dtype)) if m.training else None)
+    trainer.fit()
+    assert seen and all(s == (True, torch.bfloat16) for s in seen)

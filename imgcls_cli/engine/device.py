@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+from typing import Any
 
 import torch
 
@@ -28,13 +29,13 @@ def resolve_device(name: str) -> torch.device:
     return dev
 
 
-def autocast(device: torch.device, enabled: bool, dtype: str = "bf16"):
-    """bf16/fp16 autocast on CUDA; on CPU autocast is off unless asked for (it is slower there)."""
-    if not enabled or device.type not in ("cuda", "cpu"):
-        return contextlib.nullcontext()
-    if device.type == "cpu" and os.environ.get("IMGCLS_CPU_AMP") != "1":
-        return contextlib.nullcontext()
-    return torch.autocast(device.type, dtype=torch.bfloat16 if dtype == "bf16" else torch.float16)
+def autocast(device: torch.device, tc: Any):
+    """Autocast as the train config `tc` asks: `amp` (bf16/fp16) on CUDA, `cpu_amp` (bf16) on the CPU."""
+    if device.type == "cuda" and tc.amp:
+        return torch.autocast("cuda", dtype=torch.bfloat16 if tc.amp_dtype == "bf16" else torch.float16)
+    if device.type == "cpu" and tc.cpu_amp:
+        return torch.autocast("cpu", dtype=torch.bfloat16)
+    return contextlib.nullcontext()
 
 
 def place_model(model: torch.nn.Module, tc, device: torch.device) -> None:

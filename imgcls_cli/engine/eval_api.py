@@ -60,7 +60,7 @@ def evaluate_checkpoint(path: str | Path, data: str | None = None, split: str | 
     from ..methods import task_class
 
     task = task_class(cfg)(cfg, ckpt.model, len(ckpt.class_names), ckpt.class_counts)
-    amp = autocast(dev, cfg.train.amp, cfg.train.amp_dtype)
+    amp = autocast(dev, cfg.train)
     bad: list[str] = []
 
     def logits_fn(x: torch.Tensor) -> torch.Tensor:

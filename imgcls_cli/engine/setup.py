@@ -32,7 +32,7 @@ def resolve_config(cfg: Config, bundle: DataBundle, device: torch.device) -> Con
     if cfg.aug.hflip is None:
         upd["aug.hflip"] = bundle.hflip
     if cfg.train.channels_last is None:
-        upd["train.channels_last"] = device.type == "cuda"
+        upd["train.channels_last"] = device.type == "cuda" or (device.type == "cpu" and cfg.train.cpu_amp)
     if cfg.train.eval_batch_size is None:
         upd["train.eval_batch_size"] = cfg.train.batch_size * 2
     return cfg.replace(**upd) if upd else cfg
@@ -82,7 +82,8 @@ def setup_data(cfg: Config, bundle: DataBundle, device: torch.device) -> DataSet
         val_set = ImageDataset(bundle.val, eval_tf, seed=cfg.train.seed)
         shard = SequentialShard(len(val_set), dist.world_size(), dist.rank())
         val_loader = make_loader(val_set, shard, cfg.train.eval_batch_size or bs * 2, cfg.data.workers, pin)
-    norm = DeviceNormalizer(bundle.mean, bundle.std, device, bool(cfg.train.channels_last))
+    # on the CPU the normaliser's one-pass LUT writes NCHW; a channels_last model converts at its first conv
+    norm = DeviceNormalizer(bundle.mean, bundle.std, device, bool(cfg.train.channels_last) and device.type != "cpu")
     return DataSetup(bundle, train_set, val_set, sampler, train_loader, val_loader, norm)
 
 

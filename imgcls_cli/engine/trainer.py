@@ -248,7 +248,7 @@ class Trainer:
     def evaluate(self):
         model = self.ema.module if self.ema is not None else self.model
         model.eval()
-        amp = autocast(self.device, self.cfg.train.amp, self.cfg.train.amp_dtype)
+        amp = autocast(self.device, self.cfg.train)
 
         def logits_fn(x: torch.Tensor) -> torch.Tensor:
             with amp:
@@ -298,7 +298,7 @@ class Trainer:
         correct = torch.zeros((), device=dev, dtype=torch.long)
         seen = torch.zeros((), device=dev, dtype=torch.long)
         n_images, t0, c0 = 0, time.perf_counter(), cpu_seconds()
-        amp = autocast(dev, cfg.train.amp, cfg.train.amp_dtype)
+        amp = autocast(dev, cfg.train)
         mix_gen = torch.Generator(device=dev) if self.mixer is not None else None
         progress = TrainProgress(self.console, epoch, cfg.train.epochs, max_batches,
                                  enabled=cfg.train.progress and dist.is_main())

@@ -79,7 +79,7 @@ def collect_features(ckpt: Any, loader: Any, norm: Any, device: torch.device) ->
     for batch in loader:
         if batch["images"] is None:
             continue
-        with autocast(device, cfg.train.amp, cfg.train.amp_dtype):
+        with autocast(device, cfg.train):
             _, f = forward_with_features(ckpt.model, norm(batch["images"]))  # (B, D)
         feats.append(f.float().cpu())
         targets.append(batch["targets"])
