@@ -79,9 +79,13 @@ def _stack(images: list[torch.Tensor]) -> torch.Tensor:
     return torch.stack(images, out=out)
 
 
+def split_bad(items: list[tuple[Any, int, int, str | None]]) -> tuple[list[Any], list[tuple[int, str | None]]]:
+    """Items whose payload is there, and (index, reason) of those dropped as unreadable."""
+    return [it for it in items if it[0] is not None], [(it[2], it[3]) for it in items if it[0] is None]
+
+
 def collate(items: list[tuple[torch.Tensor | None, int, int, str | None]]) -> dict[str, Any]:
-    good = [it for it in items if it[0] is not None]
-    bad = [(it[2], it[3]) for it in items if it[0] is None]
+    good, bad = split_bad(items)
     if not good:
         return {"images": None, "targets": None, "indices": None, "bad": bad}
     return {

@@ -26,7 +26,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from .dataset import ImageDataset, _stack, to_planar
+from .dataset import ImageDataset, _stack, split_bad, to_planar
 from .decode import BadImage, _has_exif_orientation, decode_bytes
 from .jpeg_header import device_decodable, parse_jpeg_header
 
@@ -69,8 +69,7 @@ class EncodedTrainSet(ImageDataset):
 
 def collate_encoded(items: list[tuple[Any, int, int, str | None]]) -> dict[str, Any]:
     """A batch for `BatchDecoder`: the JPEGs' bytes in one flat tensor, the CPU crops stacked, positions of each."""
-    good = [it for it in items if it[0] is not None]
-    bad = [(it[2], it[3]) for it in items if it[0] is None]
+    good, bad = split_bad(items)
     if not good:
         return {"images": None, "targets": None, "indices": None, "bad": bad}
     pix = [k for k, it in enumerate(good) if isinstance(it[0], torch.Tensor)]

@@ -43,7 +43,8 @@ class DeviceNormalizer:
         self.device = device
         self.mean = torch.tensor(mean, device=device).view(1, 3, 1, 1) * 255.0  # (1, 3, 1, 1)
         self.inv_std = 1.0 / (torch.tensor(std, device=device).view(1, 3, 1, 1) * 255.0)
-        self.memory_format = torch.channels_last if channels_last else torch.contiguous_format
+        # on the CPU the one-pass LUT below writes NCHW; a channels_last model converts at its first conv
+        self.memory_format = torch.channels_last if channels_last and device.type != "cpu" else torch.contiguous_format
 
         # CPU: (x - mean) / std per channel in one OpenCV pass from uint8, as a 256-entry float32 table per channel
         # (cv2.LUT: ~0.6 ns per element, cv2.addWeighted from uint8 ~0.9 ns, torch's uint8 -> float alone ~2 ns)

@@ -82,8 +82,7 @@ def setup_data(cfg: Config, bundle: DataBundle, device: torch.device) -> DataSet
         val_set = ImageDataset(bundle.val, eval_tf, seed=cfg.train.seed)
         shard = SequentialShard(len(val_set), dist.world_size(), dist.rank())
         val_loader = make_loader(val_set, shard, cfg.train.eval_batch_size or bs * 2, cfg.data.workers, pin)
-    # on the CPU the normaliser's one-pass LUT writes NCHW; a channels_last model converts at its first conv
-    norm = DeviceNormalizer(bundle.mean, bundle.std, device, bool(cfg.train.channels_last) and device.type != "cpu")
+    norm = DeviceNormalizer(bundle.mean, bundle.std, device, bool(cfg.train.channels_last))
     return DataSetup(bundle, train_set, val_set, sampler, train_loader, val_loader, norm)
 
 
