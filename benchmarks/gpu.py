@@ -292,12 +292,14 @@ def e2e() -> None:
 
 def _imgcls_e2e(data: Path, px: int, bs: int, workers: int, epochs: int, decode: str) -> list[float]:
     """`imgcls train` ResNet-50 on `data`; images/s of each epoch (metrics.jsonl)."""
-    out = Path(tempfile.mkdtemp())
+    tmp = tempfile.TemporaryDirectory()  # ResNet-50 checkpoints: ~200 MB per run
+    out = Path(tmp.name)
     ic.train(**{"data.path": str(data), "data.img_size": px, "data.workers": workers, "model.backbone": "resnet50",
                 "train.epochs": epochs, "train.batch_size": bs, "optim.lr": 0.01, "data.decode": decode,
                 "train.out": str(out / "r"), "train.progress": False, "train.eval_every": 100,
                 "train.finite_check": "log", "train.tensorboard": False})
     rows = [json.loads(x) for x in (out / "r" / "metrics.jsonl").read_text().splitlines()]
+    tmp.cleanup()
     return [round(r["img_per_s"], 1) for r in rows if "img_per_s" in r]
 
 

@@ -68,7 +68,8 @@ def reference_epoch(args: argparse.Namespace, dev: torch.device) -> dict:
 def imgcls_epoch(args: argparse.Namespace, dev: torch.device, extra: dict) -> dict:
     import imgcls_cli as ic
 
-    out = Path(tempfile.mkdtemp()) / "run"
+    tmp = tempfile.TemporaryDirectory()  # checkpoints of every round would otherwise pile up in /tmp
+    out = Path(tmp.name) / "run"
     ov = {"data.path": args.data, "data.img_size": args.img_size, "data.workers": args.workers,
           "aug.crop_scale": [0.35, 1.0], "aug.hflip": 0.5, "model.backbone": args.backbone, "train.epochs": 1,
           "train.batch_size": args.batch_size, "optim.lr": 0.05, "train.device": str(dev), "train.out": str(out),
@@ -81,6 +82,7 @@ def imgcls_epoch(args: argparse.Namespace, dev: torch.device, extra: dict) -> di
     ic.train(**ov)
     total = time.perf_counter() - t0
     rec = json.loads((out / "metrics.jsonl").read_text().splitlines()[0])
+    tmp.cleanup()
     n = rec["img_per_s"] * rec["time_s"]
     return {"side": "imgcls " + ",".join(f"{k}={v}" for k, v in extra.items()), "epoch_s": rec["time_s"],
             "cpu_s": rec.get("cpu_s", float("nan")),
