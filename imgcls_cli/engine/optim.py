@@ -36,8 +36,23 @@ def build_optimizer(oc: Any, groups: list[dict[str, Any]], device: torch.device)
     fused = oc.fused if oc.fused is not None else device.type in ("cuda", "cpu")
     kw: dict[str, Any] = {"fused": True} if fused else {"foreach": True}
     if oc.name == "sgd":
-        return torch.optim.SGD(groups, lr=oc.lr, momentum=oc.momentum, nesterov=oc.nesterov and oc.momentum > 0, **kw)
+        opt = torch.optim.SGD(groups, lr=oc.lr, momentum=oc.momentum, nesterov=oc.nesterov and oc.momentum > 0, **kw)
+        if fused:
+            zero_momentum(opt)
+        return opt
     return torch.optim.AdamW(groups, lr=oc.lr, **kw)
+
+
+def zero_momentum(opt: torch.optim.SGD) -> None:
+    """Start every momentum buffer at zero.  Fused SGD otherwise allocates them with `empty_like` on its
+    first step and fills them in the kernel, which returns early when `found_inf` is set: a first step
+    skipped by GradScaler (fp16) or by the non-finite-step guard left uninitialised memory as momentum
+    (seen on the CPU with torch 2.14; the CUDA kernel returns early on found_inf in the same way).
+    With dampening 0, momentum * 0 + g equals the first step's buf = g exactly."""
+    for group in opt.param_groups:
+        if group["momentum"] and not group["dampening"]:
+            for p in group["params"]:
+                opt.state[p].setdefault("momentum_buffer", torch.zeros_like(p, memory_format=torch.preserve_format))
 
 
 def lr_factor(step: int, steps_per_epoch: int, epochs: int, oc: Any) -> float:
