@@ -200,7 +200,7 @@ class TrainConfig(Frozen):
     keep_checkpoints: int = Field(2, ge=1, description="epoch checkpoints kept besides last/best")
     eval_every: int = Field(1, ge=1)
     log_every: int = Field(10, ge=1)
-    max_bad_steps: int = Field(5, ge=1, description="stop after this many consecutive non-finite losses")
+    max_bad_steps: int = Field(5, ge=1, description="stop after this many consecutive non-finite steps")
     steps_per_epoch: int | None = Field(None, ge=1, description="cap on steps per epoch (quick runs)")
     freeze_backbone_epochs: int = Field(0, ge=0, description="train the head only for this many epochs")
     bbn_schedule: Literal["parabolic", "official"] = "parabolic"
@@ -208,8 +208,9 @@ class TrainConfig(Frozen):
     progress: bool = True
     tensorboard: bool = True
     finite_check: Literal["step", "log"] = Field(
-        "step", description="step: skip each non-finite step (two host syncs per step); log: no per-step sync,"
-        " stop at the next progress update if the loss went non-finite (faster on GPUs)")
+        "step", description="step: skip each non-finite step on the device (no per-step host sync with fused"
+        " optimizers; reported at the next progress update); log: no checks, stop at the next progress update if"
+        " the loss went non-finite")
     log_steps: bool = Field(False, description="write steps.jsonl: the loss of every optimizer step (costs a sync)")
     freeze_bn: bool = Field(False, description="BN uses and keeps its running statistics (small batches)")
 

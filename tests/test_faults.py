@@ -58,18 +58,36 @@ def test_nonfinite_steps_skipped_then_training_continues(data: Path, tmp_path: P
     _nan_after(monkeypatch, {3, 4})  # two bad steps in a row, fewer than max_bad_steps=3
     res = ic.train(**_overrides(data, tmp_path / "run", **{"train.max_bad_steps": 3, "train.epochs": 1}))
     ckpt = read_checkpoint(res.run_dir / "last.pt")
-    assert ckpt["global_step"] == 6 - 2 and len(_losses(res.run_dir)) == 4
+    assert ckpt["global_step"] == 6 and ckpt["skipped_steps"] == 2  # skipped steps still advance the schedule
+    steps = [json.loads(x) for x in (res.run_dir / "steps.jsonl").read_text().splitlines()]
+    assert [s.get("skipped", False) for s in steps] == [False, False, True, True, False, False]
+    assert all(s["loss"] is None if s.get("skipped") else s["loss"] > 0 for s in steps)
+    record = json.loads((res.run_dir / "metrics.jsonl").read_text().splitlines()[-1])
+    assert record["skipped_steps"] == 2 and record["train_loss"] == record["train_loss"]  # not NaN
     assert all(torch.isfinite(v).all() for v in ckpt["model"].values() if v.is_floating_point())
 
 
 def test_k_consecutive_nonfinite_steps_stop_with_last_good_weights(data: Path, tmp_path: Path,
                                                                    monkeypatch: pytest.MonkeyPatch) -> None:
     _nan_after(monkeypatch, 3)  # steps 1-2 good, then every step NaN
-    with pytest.raises(TrainingDiverged, match="3 consecutive non-finite") as e:
-        ic.train(**_overrides(data, tmp_path / "run", **{"train.max_bad_steps": 3}))
+    with pytest.raises(TrainingDiverged, match="3 consecutive non-finite") as e:  # found at the 5th step's update
+        ic.train(**_overrides(data, tmp_path / "run", **{"train.max_bad_steps": 3, "train.log_every": 1}))
     assert e.value.exit_code == 3
     ckpt = read_checkpoint(tmp_path / "run" / "last.pt")
-    assert ckpt["global_step"] == 2 and ckpt["epoch"] == 0 and ckpt["position"] == 5 * 4
+    assert ckpt["global_step"] == 5 and ckpt["skipped_steps"] == 3 and ckpt["epoch"] == 0
+    assert ckpt["position"] == 5 * 4
+    assert all(torch.isfinite(v).all() for v in ckpt["model"].values() if v.is_floating_point())
+
+
+def test_consecutive_bad_steps_found_at_the_next_progress_update(data: Path, tmp_path: Path,
+                                                                   monkeypatch: pytest.MonkeyPatch) -> None:
+    """With the default log_every (10) the 6-step epoch is polled once, at its end: the run stops there,
+    with the weights of step 2, since the four bad steps never reached the weights."""
+    _nan_after(monkeypatch, 3)
+    with pytest.raises(TrainingDiverged, match="4 consecutive non-finite steps by epoch 1 batch 6"):
+        ic.train(**_overrides(data, tmp_path / "run", **{"train.max_bad_steps": 3}))
+    ckpt = read_checkpoint(tmp_path / "run" / "last.pt")
+    assert ckpt["global_step"] == 6 and ckpt["skipped_steps"] == 4 and ckpt["position"] == 6 * 4
     assert all(torch.isfinite(v).all() for v in ckpt["model"].values() if v.is_floating_point())
 
 

@@ -30,7 +30,8 @@ from typing import Any
 
 import numpy as np
 import torch
-import torch.nn.functional as F
+
+from ..losses.cross_entropy import one_hot as class_one_hot
 
 
 @dataclass(frozen=True)
@@ -82,7 +83,7 @@ class Mixer:
         return MixParams("cutmix", lam, perm, box)
 
     def apply(self, x: torch.Tensor, y: torch.Tensor, p: MixParams) -> tuple[torch.Tensor, torch.Tensor]:
-        one_hot = F.one_hot(y, self.num_classes).float()  # (B, C)
+        one_hot = class_one_hot(y, self.num_classes)  # (B, C)
         if p.kind == "none" or p.perm is None:
             return x, one_hot
         perm = p.perm.to(x.device)

@@ -47,6 +47,7 @@ def build_checkpoint(trainer: Any, epoch: int, position: int) -> dict[str, Any]:
         "class_counts": [int(c) for c in trainer.class_counts],
         "normalization": {"mean": list(trainer.bundle.mean), "std": list(trainer.bundle.std)},
         "epoch": epoch, "position": position, "global_step": trainer.global_step,
+        "skipped_steps": trainer.skipped_steps,
         "best_top1": trainer.best, "best_epoch": trainer.best_epoch,
         "optimizer": trainer.optimizer.state_dict(),
         "scheduler": trainer.scheduler.state_dict(),
@@ -108,3 +109,23 @@ def newest_valid_checkpoint(run_dir: Path) -> Path | None:
         if p.is_file() and _valid(p):
             return p
     return None
+
+
+def resume_path(cfg: Any) -> Path:
+    """The checkpoint `--resume` names: a file, a run folder (its newest loadable checkpoint), or `auto`."""
+    from ..errors import ImgclsError
+
+    p = Path(cfg.train.resume)
+    if cfg.train.resume == "auto":
+        from .rundir import latest_run
+
+        run = Path(cfg.train.out) if cfg.train.out else latest_run(cfg.train.runs_dir)
+        if run is None:
+            raise ImgclsError(f"--resume auto: no run found in {cfg.train.runs_dir}/")
+        p = run
+    if p.is_dir():
+        found = newest_valid_checkpoint(p)
+        if found is None:
+            raise ImgclsError(f"--resume {p}: no loadable checkpoint in this folder")
+        p = found
+    return p

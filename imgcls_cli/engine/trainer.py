@@ -27,14 +27,11 @@ from .ema import ModelEma
 from .epochs import EpochBatches
 from .evaluator import evaluate
 from .faults import (
-    BufferGuard,
     LoaderFailed,
     TrainingDiverged,
     agreed_signal,
-    any_rank,
     crash_error,
     freeze_batchnorm,
-    grads_finite,
     guarded,
     is_worker_crash,
 )
@@ -42,7 +39,8 @@ from .optim import build_optimizer, build_scheduler, param_groups
 from .progress import TrainProgress, cpu_seconds, epoch_line
 from .rundir import append_jsonl, make_run_dir, mark_latest
 from .setup import open_and_resolve, second_stream, setup_data
-from .state import build_checkpoint, restore_rng, save_run_checkpoint
+from .state import build_checkpoint, restore_rng, resume_path, save_run_checkpoint
+from .step_guard import StepGuard
 
 
 class Interrupted(Exception):
@@ -83,7 +81,7 @@ class Trainer:
             torch.cuda.set_device(self.device)
         setup_backends(self.device, cfg.train.deterministic, cfg.train.fuse_attention)
         torch.manual_seed(cfg.train.seed)
-        self.resume_state = read_checkpoint(self._resume_path(cfg)) if cfg.train.resume else None
+        self.resume_state = read_checkpoint(resume_path(cfg)) if cfg.train.resume else None
         cfg, bundle = open_and_resolve(cfg, self.device)
         self.cfg, self.bundle = cfg, bundle
         self.data = setup_data(cfg, bundle, self.device)
@@ -123,8 +121,9 @@ class Trainer:
         fp16 = self.device.type == "cuda" and cfg.train.amp and cfg.train.amp_dtype == "fp16"
         self.scaler = torch.amp.GradScaler(self.device.type, enabled=fp16)
         self.ema = ModelEma(model, oc.ema) if oc.ema else None
-        self.buffer_guard = BufferGuard(model)
-        self.bad_steps = 0
+        self.guard = (StepGuard(model, self.task.loss_modules(), self.optimizer, self.device, self.scaler.is_enabled())
+                      if cfg.train.finite_check == "step" else None)
+        self.skipped_steps = 0
         self.mixer = None
         if cfg.aug.mixup > 0 or cfg.aug.cutmix > 0:
             from ..data.mixing import Mixer
@@ -139,24 +138,6 @@ class Trainer:
             self._restore(self.resume_state)
 
     # ------------------------------------------------------------------------------------
-    def _resume_path(self, cfg: Config) -> Path:
-        p = Path(cfg.train.resume)
-        if cfg.train.resume == "auto":
-            from .rundir import latest_run
-
-            run = Path(cfg.train.out) if cfg.train.out else latest_run(cfg.train.runs_dir)
-            if run is None:
-                raise ImgclsError(f"--resume auto: no run found in {cfg.train.runs_dir}/")
-            p = run
-        if p.is_dir():
-            from .state import newest_valid_checkpoint
-
-            found = newest_valid_checkpoint(p)
-            if found is None:
-                raise ImgclsError(f"--resume {p}: no loadable checkpoint in this folder")
-            p = found
-        return p
-
     def _batches_per_epoch(self) -> int:
         n = len(self.data.train_loader)
         cap = self.cfg.train.steps_per_epoch
@@ -177,7 +158,7 @@ class Trainer:
         # `position` is stored as items consumed by all ranks together, so a run resumes on any world size
         self.start_epoch, self.position = int(st["epoch"]), int(st.get("position", 0)) // dist.world_size()
         self.best, self.best_epoch = float(st.get("best_top1", -1.0)), int(st.get("best_epoch", -1))
-        self.global_step = int(st.get("global_step", 0))
+        self.global_step, self.skipped_steps = int(st.get("global_step", 0)), int(st.get("skipped_steps", 0))
         restore_rng(st.get("rng"))
         if dist.is_main():
             where = f"epoch {self.start_epoch + 1}" + (f", item {self.position}" if self.position else "")
@@ -265,17 +246,22 @@ class Trainer:
         ckpt = build_checkpoint(self, epoch, position * dist.world_size())
         save_run_checkpoint(self.run_dir, ckpt, is_best=is_best, keep=self.cfg.train.keep_checkpoints)
 
-    def _bad_step(self, bad_steps: int, epoch: int, i: int, items_done: int, what: str) -> int:
-        """Skip a step with a non-finite loss or gradient; stop after train.max_bad_steps in a row."""
-        self.optimizer.zero_grad(set_to_none=True)
-        if dist.is_main():
-            self.console.print(f"[yellow]non-finite {what} at epoch {epoch + 1} step {i + 1}: step skipped[/yellow]")
-        if bad_steps >= self.cfg.train.max_bad_steps:
-            self._save(epoch, items_done, is_best=False)
+    def _poll_guard(self, epoch: int, i: int, items_done: int) -> int:
+        """Report the steps the guard skipped since the last poll; stop after train.max_bad_steps in a row."""
+        if self.guard is None:
+            return 0
+        skipped, worst = self.guard.poll()
+        self.skipped_steps += skipped
+        if skipped and dist.is_main():
+            self.console.print(f"[yellow]{skipped} non-finite step(s) skipped (loss or gradient) by epoch"
+                               f" {epoch + 1} batch {i + 1}[/yellow]")
+        if worst >= self.cfg.train.max_bad_steps:
+            self._save(epoch, items_done, is_best=False)  # the skipped steps never touched the weights
             raise TrainingDiverged(
-                f"training diverged: {bad_steps} consecutive non-finite steps at epoch {epoch + 1}"
-                f" (train.max_bad_steps); last good weights saved in {self.run_dir} (lower --lr?)")
-        return bad_steps
+                f"training diverged: {worst} consecutive non-finite steps by epoch {epoch + 1} batch {i + 1}"
+                f" (train.max_bad_steps={self.cfg.train.max_bad_steps}); last good weights saved in"
+                f" {self.run_dir} (lower --lr?)")
+        return skipped
 
     # ------------------------------------------------------------------------------------
     def _train_epoch(self, epoch: int) -> dict[str, Any]:
@@ -302,7 +288,7 @@ class Trainer:
         mix_gen = torch.Generator(device=dev) if self.mixer is not None else None
         progress = TrainProgress(self.console, epoch, cfg.train.epochs, max_batches,
                                  enabled=cfg.train.progress and dist.is_main())
-        items_done = position
+        items_done, guard, skipped = position, self.guard, 0
         with progress:
             try:
                 for i, batch in enumerate(guarded(loader)):
@@ -328,50 +314,34 @@ class Trainer:
                             continue
                         step_batch["images2"] = self.data.normalizer(batch2["images"])  # (B2, 3, H, W)
                         step_batch["targets2"] = batch2["targets"].to(dev, non_blocking=True)  # (B2,)
-                    per_step = cfg.train.finite_check == "step"
-                    if per_step:
-                        self.buffer_guard.snapshot()
+                    if guard is not None and i % accum == 0:
+                        guard.begin()  # snapshot of buffers the forward pass writes
                     if self.graphs:  # CUDA graphs: the previous step's graph outputs may be overwritten now
                         torch.compiler.cudagraph_mark_step_begin()
                     with amp:
                         out = self.task.train_step(step_batch)
                     loss = out["loss"]
-                    if per_step and any_rank(not bool(torch.isfinite(loss)), dev):  # all ranks skip together
-                        self.buffer_guard.restore()  # the NaN forward already wrote BN running statistics
-                        self.bad_steps = self._bad_step(self.bad_steps + 1, epoch, i, items_done, "loss")
-                        continue
+                    ok = guard.loss_ok(loss) if guard is not None else None  # (0-dim bool, on the device)
                     self.scaler.scale(loss / accum).backward()
                     self.task.after_backward()
                     if (i + 1) % accum == 0:
-                        # a finite loss can still give inf/NaN gradients; GradScaler (fp16) handles its own
-                        if per_step and not self.scaler.is_enabled() and not grads_finite(self.model.parameters()):
-                            self.bad_steps = self._bad_step(self.bad_steps + 1, epoch, i, items_done, "gradient")
-                            continue
-                        self.bad_steps = 0  # consecutive count runs across epoch boundaries
-                        if cfg.optim.grad_clip:
-                            self.scaler.unscale_(self.optimizer)
-                            torch.nn.utils.clip_grad_norm_(self.model.parameters(), cfg.optim.grad_clip)
-                        self.scaler.step(self.optimizer)
-                        self.scaler.update()
-                        self.optimizer.zero_grad(set_to_none=True)
-                        self.scheduler.step()
-                        self.task.after_step()
-                        self.global_step += 1
-                        if self.ema is not None:
-                            self.ema.update(self.model)
-                        if cfg.train.log_steps and dist.is_main():
-                            with open(self.run_dir / "steps.jsonl", "a") as f:
-                                f.write(json.dumps({"step": self.global_step, "epoch": epoch + 1,
-                                                    "loss": float(loss.detach())}) + "\n")
+                        self._optimizer_step(epoch, loss)
                     b = y.shape[0]
                     n_images += b
-                    loss_sum += loss.detach().float() * b
-                    correct += (out["logits"].detach().argmax(1) == (soft.argmax(1) if soft is not None else y)).sum()
-                    seen += b
+                    hit = (out["logits"].detach().argmax(1) == (soft.argmax(1) if soft is not None else y)).sum()
+                    if ok is None:  # "log" mode: a NaN loss shows in the sum and stops the run at the next update
+                        loss_sum += loss.detach().float() * b
+                        correct += hit
+                        seen += b
+                    else:  # skipped micro-batches stay out of the running metrics, without a host sync
+                        loss_sum += torch.where(ok, loss.detach().float() * b, 0.0)
+                        correct += hit * ok
+                        seen += b * ok
                     if (i + 1) % cfg.train.log_every == 0 or i + 1 == max_batches:
                         el = time.perf_counter() - t0
                         s = int(seen)
-                        if not per_step and not torch.isfinite(loss_sum):  # "log" mode: no per-step check
+                        skipped += self._poll_guard(epoch, i, items_done)
+                        if guard is None and not torch.isfinite(loss_sum):  # "log" mode: no per-step check
                             raise TrainingDiverged(
                                 f"training diverged: non-finite loss by epoch {epoch + 1} step {i + 1} (train."
                                 f"finite_check=log does not skip bad steps); the last good checkpoint is the"
@@ -390,9 +360,38 @@ class Trainer:
                 if not is_worker_crash(e.error):
                     raise e.error from None
                 raise crash_error(e.error, self.run_dir) from None
+        skipped += self._poll_guard(epoch, max_batches - 1, items_done)  # the last batches may have been empty
         el = time.perf_counter() - t0
         s = max(1, int(seen))
         stats = {"train_loss": float(loss_sum) / s, "train_acc": float(correct) / s * 100,
                  "lr": self.optimizer.param_groups[0]["lr"], "img_per_s": n_images / max(el, 1e-9),
-                 "time_s": el, "cpu_s": cpu_seconds() - c0, "steps": self.global_step}
+                 "time_s": el, "cpu_s": cpu_seconds() - c0, "steps": self.global_step, "skipped_steps": skipped}
         return stats
+
+    def _optimizer_step(self, epoch: int, loss: torch.Tensor) -> None:
+        """Clip, step (skipped on the device when the guard found a non-finite loss or gradient), schedule."""
+        cfg, guard = self.cfg, self.guard
+        total = None
+        if cfg.optim.grad_clip:
+            self.scaler.unscale_(self.optimizer)
+            total = torch.nn.utils.clip_grad_norm_(self.model.parameters(), cfg.optim.grad_clip)
+        if guard is not None:
+            guard.check_grads(self.model.parameters(), total)
+            guard.step(self.optimizer, self.scaler)
+        else:
+            self.scaler.step(self.optimizer)
+        self.scaler.update()
+        self.optimizer.zero_grad(set_to_none=True)
+        self.scheduler.step()  # also after a skipped step, as with GradScaler's skipped steps
+        self.task.after_step()
+        if guard is not None:
+            guard.end()  # restores what a skipped step's forward pass and after_step wrote
+        self.global_step += 1
+        if self.ema is not None:
+            self.ema.update(self.model)
+        if cfg.train.log_steps and dist.is_main():  # costs a sync, as documented
+            rec = {"step": self.global_step, "epoch": epoch + 1, "loss": float(loss.detach())}
+            if guard is not None and bool(guard.bad):
+                rec.update(loss=None, skipped=True)
+            with open(self.run_dir / "steps.jsonl", "a") as f:
+                f.write(json.dumps(rec) + "\n")

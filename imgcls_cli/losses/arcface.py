@@ -31,6 +31,7 @@ from torch import nn
 
 from ..errors import ImgclsError
 from ..registry import LOSSES
+from .cross_entropy import one_hot
 
 
 def margin_cosine(cos: torch.Tensor, m: float, easy_margin: bool = False) -> torch.Tensor:
@@ -80,7 +81,7 @@ class ArcFaceLoss(nn.Module):
         with torch.autocast(cos.device.type, enabled=False):
             cos = cos.float().clamp(-1.0, 1.0)  # (B, C)
             phi = margin_cosine(cos, self.m, self.easy_margin)  # (B, C)
-            onehot = F.one_hot(targets, self.num_classes).bool()  # (B, C)
+            onehot = one_hot(targets, self.num_classes, torch.bool)  # (B, C)
             return self.s * torch.where(onehot, phi, cos)
 
     def forward(self, cos: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:

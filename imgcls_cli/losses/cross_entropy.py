@@ -17,10 +17,17 @@ from torch import nn
 from ..registry import LOSSES
 
 
+def one_hot(targets: torch.Tensor, num_classes: int, dtype: torch.dtype = torch.float32) -> torch.Tensor:
+    """(B,) long -> (B, C).  Unlike F.one_hot, no `.item()` range check on the CPU (CUDA skips it too and
+    relies on the scatter's device-side bounds check), so a training step never waits on a Python read."""
+    out = torch.zeros(targets.shape[0], num_classes, dtype=dtype, device=targets.device)
+    return out.scatter_(1, targets.unsqueeze(1), 1)
+
+
 def smooth_targets(targets: torch.Tensor, num_classes: int, eps: float) -> torch.Tensor:
     """(B,) long or (B, C) probabilities -> (B, C) smoothed probabilities."""
     if targets.ndim == 1:
-        targets = F.one_hot(targets, num_classes).float()
+        targets = one_hot(targets, num_classes)
     return targets.float() * (1.0 - eps) + eps / num_classes
 
 

@@ -1,0 +1,199 @@
+"""Non-finite steps skipped on the device (train.finite_check=step, engine/step_guard.py).
+
+A run that meets a bad batch must end bit-identical to a run that never saw it (weights, BatchNorm
+buffers, optimizer state), for fused SGD/AdamW (skipped inside the kernel) and for foreach kernels
+(one host sync); and the training loop must not read the device once per step to get there.
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from pathlib import Path
+
+import pytest
+import torch
+import torch.multiprocessing as mp
+from torch import nn
+from torch.utils._python_dispatch import TorchDispatchMode
+
+import imgcls_cli as ic
+from imgcls_cli.config import OptimConfig
+from imgcls_cli.engine.optim import build_optimizer, param_groups
+from imgcls_cli.engine.step_guard import StepGuard
+from imgcls_cli.losses.center import CenterLoss
+
+from .conftest import make_folder_dataset, quick_overrides
+
+
+def _model() -> nn.Module:
+    torch.manual_seed(0)
+    return nn.Sequential(nn.Conv2d(3, 4, 3, padding=1), nn.BatchNorm2d(4), nn.ReLU(), nn.AdaptiveAvgPool2d(1),
+                         nn.Flatten(), nn.Linear(4, 3))
+
+
+def _batches(n: int) -> list[tuple[torch.Tensor, torch.Tensor]]:
+    g = torch.Generator().manual_seed(1)
+    return [(torch.randn(6, 3, 8, 8, generator=g), torch.randint(0, 3, (6,), generator=g)) for _ in range(n)]
+
+
+def _optimizer(model: nn.Module, name: str, fused: bool) -> torch.optim.Optimizer:
+    oc = OptimConfig(name="adamw" if name == "adamw" else "sgd", lr=0.05, nesterov=name == "nesterov", fused=fused,
+                     weight_decay=1e-3, schedule="constant")
+    return build_optimizer(oc, param_groups(model, oc.weight_decay, True), torch.device("cpu"))
+
+
+def _train(batches: list, name: str, fused: bool, guarded: bool, bad: str | None = None,
+           accum: int = 1) -> tuple[nn.Module, torch.optim.Optimizer]:
+    """`bad`: how a batch whose images are None goes wrong ("loss": NaN input; "grad": inf gradient)."""
+    model = _model()
+    opt = _optimizer(model, name, fused)
+    guard = StepGuard(model, [], opt, torch.device("cpu"), scaler_enabled=False) if guarded else None
+    ce = nn.CrossEntropyLoss()
+    for i, (x, y) in enumerate(batches):
+        hook = None
+        if x is None:
+            x, y = _batches(1)[0]
+            if bad == "loss":
+                x = x * float("nan")
+            else:
+                hook = model[5].weight.register_hook(lambda g: g * float("inf"))
+        if guard is not None and i % accum == 0:
+            guard.begin()
+        loss = ce(model(x), y)
+        if guard is not None:
+            guard.loss_ok(loss)
+        (loss / accum).backward()
+        if hook is not None:
+            hook.remove()
+        if (i + 1) % accum == 0:
+            if guard is not None:
+                guard.check_grads(model.parameters())
+                guard.step(opt, torch.amp.GradScaler("cpu", enabled=False))
+                guard.end()
+            else:
+                opt.step()
+            opt.zero_grad(set_to_none=True)
+    return model, opt
+
+
+def _assert_identical(a: tuple[nn.Module, torch.optim.Optimizer], b: tuple[nn.Module, torch.optim.Optimizer]) -> None:
+    for (k, va), vb in zip(a[0].state_dict().items(), b[0].state_dict().values(), strict=True):
+        assert torch.equal(va, vb), k
+    for pa, pb in zip(a[0].parameters(), b[0].parameters(), strict=True):
+        sa, sb = a[1].state.get(pa, {}), b[1].state.get(pb, {})
+        assert sa.keys() == sb.keys()
+        for k in sa:
+            assert torch.equal(torch.as_tensor(sa[k]), torch.as_tensor(sb[k])), k
+
+
+@pytest.mark.parametrize("fused", [True, False], ids=["fused", "foreach"])
+@pytest.mark.parametrize("name", ["sgd", "nesterov", "adamw"])
+@pytest.mark.parametrize("where", [0, 2], ids=["first-step", "later-step"])
+@pytest.mark.parametrize("bad", ["loss", "grad"])
+def test_skipped_step_is_as_if_the_batch_never_came(name: str, fused: bool, where: int, bad: str) -> None:
+    good = _batches(4)
+    with_bad = good[:where] + [(None, None)] + good[where:]
+    _assert_identical(_train(with_bad, name, fused, guarded=True, bad=bad), _train(good, name, fused, guarded=False))
+
+
+def test_a_bad_micro_batch_skips_its_whole_accumulated_step() -> None:
+    good = _batches(4)  # steps (0, 1) and (2, 3); the bad micro-batch replaces nothing, it joins step 2
+    ref = _train(good[:2], "sgd", True, guarded=False, accum=2)
+    got = _train(good[:2] + [good[2], (None, None)], "sgd", True, guarded=True, bad="loss", accum=2)
+    _assert_identical(got, ref)
+
+
+def test_unguarded_fused_sgd_first_step_matches_plain_sgd() -> None:
+    """build_optimizer zeroes fused SGD's momentum up front; the first step must still be buf = g."""
+    a = _train(_batches(3), "nesterov", True, guarded=False)
+    b = _train(_batches(3), "nesterov", False, guarded=False)
+    for pa, pb in zip(a[0].parameters(), b[0].parameters(), strict=True):
+        torch.testing.assert_close(pa, pb, rtol=1e-6, atol=1e-7)
+
+
+def test_centres_moved_by_a_bad_step_are_put_back() -> None:
+    """Center loss in paper mode moves its centres after the step (eq. 4) from the batch's features."""
+    model = _model()
+    center = CenterLoss(3, 4, update="paper", alpha=0.5)
+    opt = _optimizer(model, "sgd", True)
+    guard = StepGuard(model, [center], opt, torch.device("cpu"), scaler_enabled=False)
+    before = center.centers.detach().clone()
+    guard.begin()
+    feats = torch.full((2, 4), float("nan"))
+    loss = center(feats, torch.tensor([0, 1]))
+    guard.loss_ok(loss)
+    guard.check_grads(model.parameters())
+    guard.step(opt, torch.amp.GradScaler("cpu", enabled=False))
+    center.after_step()
+    assert not torch.isfinite(center.centers).all()  # what eq. 4 did with NaN features
+    guard.end()
+    assert torch.equal(center.centers, before)
+    assert guard.poll() == (1, 1) and guard.poll() == (0, 1)  # the run of bad steps goes on until a good one
+
+
+def _rank(rank: int, init: str, out: str) -> None:
+    torch.distributed.init_process_group("gloo", init_method=init, rank=rank, world_size=2)
+    model = _model()
+    opt = _optimizer(model, "sgd", True)
+    guard = StepGuard(model, [], opt, torch.device("cpu"), scaler_enabled=False)
+    x, y = _batches(1)[0]
+    guard.begin()
+    loss = nn.functional.cross_entropy(model(x * (float("nan") if rank == 0 else 1.0)), y)
+    guard.loss_ok(loss)
+    torch.save(float(guard.bad), f"{out}.{rank}.before")
+    guard.check_grads([])  # no gradients: only the loss verdict, agreed by all ranks
+    torch.save(float(guard.bad), f"{out}.{rank}")
+    torch.distributed.destroy_process_group()
+
+
+def test_ranks_agree_on_a_skip() -> None:
+    with tempfile.TemporaryDirectory() as d:
+        out = os.path.join(d, "bad")
+        mp.spawn(_rank, args=(f"file://{d}/init", out), nprocs=2, join=True)
+        assert [torch.load(f"{out}.{r}.before") for r in (0, 1)] == [1.0, 0.0]
+        assert [torch.load(f"{out}.{r}") for r in (0, 1)] == [1.0, 1.0]
+
+
+class _CountReads(TorchDispatchMode):
+    """Counts the ops that make the host wait for the device on CUDA (tensor -> Python value, nonzero)."""
+
+    READS = {"_local_scalar_dense", "nonzero", "masked_select", "unique_dim", "_unique2"}
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.n = 0
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        if func.__name__.split(".")[0] in self.READS:
+            self.n += 1
+        return func(*args, **(kwargs or {}))
+
+
+def _reads(tmp_path: Path, data: Path, steps: int, **extra: object) -> int:
+    mode = _CountReads()
+    with mode:
+        ic.train(**quick_overrides(**{"data.path": str(data), "data.img_size": 16, "train.batch_size": 2,
+                                      "train.steps_per_epoch": steps, "train.log_every": 1000, "optim.lr": 0.01,
+                                      "train.tensorboard": False, "train.out": str(tmp_path / f"run{steps}"),
+                                      **extra}))
+    return mode.n
+
+
+@pytest.mark.parametrize("extra", [
+    {}, {"optim.grad_clip": 1.0, "optim.name": "adamw", "optim.accum_steps": 2}, {"aug.mixup": 0.2},
+    {"aug.cutmix": 1.0}, {"loss.name": "arcface"}, {"loss.name": "center", "loss.center_update": "paper"},
+    {"optim.ema": 0.99}], ids=["default", "clip-adamw-accum", "mixup", "cutmix", "arcface", "center-paper", "ema"])
+def test_training_steps_do_not_read_the_device(tmp_path: Path, extra: dict) -> None:
+    """Reads per epoch are a constant (progress update, epoch end, evaluation): 2 and 8 steps read as often."""
+    data = make_folder_dataset(tmp_path / "data", classes=2, train=8, val=2)
+    assert _reads(tmp_path, data, 2, **extra) == _reads(tmp_path, data, 8, **extra)
+
+
+@pytest.mark.parametrize("extra,per_step", [({"train.log_steps": True}, 2), ({"optim.fused": False}, 1)],
+                         ids=["log_steps", "foreach"])
+def test_the_read_counter_sees_per_step_reads(tmp_path: Path, extra: dict, per_step: int) -> None:
+    """The counter above is not blind: steps.jsonl reads the loss and the verdict of every step, and foreach
+    optimizers need the verdict on the host before they step."""
+    data = make_folder_dataset(tmp_path / "data", classes=2, train=8, val=2)
+    assert _reads(tmp_path, data, 8, **extra) - _reads(tmp_path, data, 2, **extra) == 6 * per_step
