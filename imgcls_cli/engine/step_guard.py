@@ -28,7 +28,8 @@ from . import distributed as dist
 class StateSnapshot:
     """Tensors written outside the optimizer (buffers, manually updated centres), saved each step and
     restored where a device-side flag says so.  One flat copy per (dtype, device): a few kernels per
-    step, however many BatchNorm layers the model has."""
+    step, however many BatchNorm layers the model has.  The tensors must stay the same objects (modules
+    update buffers in place; `load_state_dict` copies into them)."""
 
     def __init__(self, tensors: Iterable[torch.Tensor]):
         groups: dict[tuple[torch.dtype, torch.device], list[torch.Tensor]] = {}
@@ -37,29 +38,33 @@ class StateSnapshot:
             if t is None or id(t) in seen or t.numel() == 0:
                 continue
             seen.add(id(t))
-            groups.setdefault((t.dtype, t.device), []).append(t)
-        self.groups = [(ts, [t.numel() for t in ts], torch.empty(sum(t.numel() for t in ts), dtype=k[0],
-                                                                  device=k[1])) for k, ts in groups.items()]
+            groups.setdefault((t.dtype, t.device), []).append(t.detach())
+        self.groups = []
+        for (dtype, device), ts in groups.items():
+            n = sum(t.numel() for t in ts)
+            saved, scratch = (torch.empty(n, dtype=dtype, device=device) for _ in range(2))
+            # views into the flat scratch shaped like each tensor, and flat views of the tensors themselves
+            parts = [v.view_as(t) for v, t in zip(scratch.split([t.numel() for t in ts]), ts, strict=True)]
+            flat = [t.view(-1) if t.is_contiguous() else None for t in ts]
+            self.groups.append((ts, flat, saved, scratch, parts))
 
     @staticmethod
-    def _flat(ts: list[torch.Tensor], out: torch.Tensor | None = None) -> torch.Tensor:
-        views = [t.detach().reshape(-1) for t in ts]
-        return torch.cat(views) if out is None else torch.cat(views, out=out)
+    def _cat(ts: list[torch.Tensor], flat: list[torch.Tensor | None], out: torch.Tensor) -> None:
+        torch.cat([f if f is not None else t.reshape(-1) for t, f in zip(ts, flat, strict=True)], out=out)
 
     @torch.no_grad()
     def snapshot(self) -> None:
-        for ts, _, saved in self.groups:
-            self._flat(ts, saved)
+        for ts, flat, saved, _, _ in self.groups:
+            self._cat(ts, flat, saved)
 
     @torch.no_grad()
     def restore_where(self, flag: torch.Tensor) -> None:
         """Put the snapshot back into every tensor where `flag` (0-dim, on the device) is non-zero."""
         cond = flag.bool()
-        for ts, sizes, saved in self.groups:
-            cur = self._flat(ts)  # (N,)
-            torch.where(cond, saved, cur, out=cur)
-            torch._foreach_copy_([t.detach() for t in ts], [v.view_as(t) for v, t in zip(cur.split(sizes), ts,
-                                                                                             strict=True)])
+        for ts, flat, saved, scratch, parts in self.groups:
+            self._cat(ts, flat, scratch)  # (N,) current values
+            torch.where(cond, saved, scratch, out=scratch)
+            torch._foreach_copy_(ts, parts)
 
 
 def _supports_found_inf(optimizer: torch.optim.Optimizer) -> bool:
