@@ -100,3 +100,40 @@ def test_resume_across_world_sizes(runs: dict[str, Path]) -> None:
     got = read_checkpoint(runs["root"] / "s2d" / "last.pt")
     assert got["global_step"] == 6 and "resuming from" in proc.stdout + proc.stderr
     _close(want, got["model"])
+
+
+@pytest.mark.slow
+def test_sigterm_to_every_process_saves_once_at_an_agreed_step(runs: dict[str, Path]) -> None:
+    """As SLURM does on preemption, SIGTERM reaches every process of the job (launcher and ranks), maybe at
+    different steps.  Ranks agree on stopping at a progress update (train.log_every), so under DDP no
+    host read is spent on it per step; rank 0 saves a mid-run checkpoint that resumes."""
+    import signal
+    import time
+
+    out = runs["root"] / "sig"
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1", "PYTHONPATH": str(REPO)}
+    for k in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT"):
+        env.pop(k, None)
+    cmd = [sys.executable, "-m", "imgcls_cli", "train", "--devices", "2", "--device", "cpu", "--backbone", "resnet20",
+           "--img-size", "32", "--workers", "0", "--no-progress", "--set", "train.freeze_bn=true", "--seed", "3",
+           "--data", str(runs["data"]), "--epochs", "50", "--batch-size", "8", "--out", str(out),
+           "--set", "train.log_steps=true", "--set", "train.log_every=2"]
+    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                            start_new_session=True)
+    steps = out / "steps.jsonl"
+    deadline = time.time() + 180
+    while time.time() < deadline and proc.poll() is None:
+        if steps.is_file() and len(steps.read_text().splitlines()) >= 4:
+            os.killpg(proc.pid, signal.SIGTERM)
+            break
+        time.sleep(0.05)
+    log, _ = proc.communicate(timeout=180)
+    ckpt = read_checkpoint(out / "last.pt")
+    assert "stopped by signal 15" in log, log[-3000:]
+    assert 4 <= ckpt["global_step"] < 150 and ckpt["global_step"] == len(steps.read_text().splitlines())
+    in_epoch = ckpt["position"] // 16  # steps into the current epoch (3 per epoch): updates come after 2 and 3
+    assert in_epoch in (2, 3), ckpt["position"]
+    done = _ddp(["--resume", str(out), "--data", str(runs["data"]), "--epochs", str(ckpt["epoch"] + 1),
+                 "--batch-size", "8", "--out", str(out)])
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    assert read_checkpoint(out / "last.pt")["global_step"] == 3 * (ckpt["epoch"] + 1)

@@ -337,7 +337,8 @@ class Trainer:
                         loss_sum += torch.where(ok, loss.detach().float() * b, 0.0)
                         correct += hit * ok
                         seen += b * ok
-                    if (i + 1) % cfg.train.log_every == 0 or i + 1 == max_batches:
+                    at_update = (i + 1) % cfg.train.log_every == 0 or i + 1 == max_batches
+                    if at_update:
                         el = time.perf_counter() - t0
                         s = int(seen)
                         skipped += self._poll_guard(epoch, i, items_done)
@@ -348,7 +349,8 @@ class Trainer:
                                 f" newest in {self.run_dir} (lower --lr, or finite_check=step)")
                         progress.update(i + 1, loss=float(loss_sum) / max(1, s), acc=float(correct) / max(1, s) * 100,
                                         lr=self.optimizer.param_groups[0]["lr"], ips=n_images / max(el, 1e-9))
-                    signum = agreed_signal(self.stop_signal, dev)
+                    # under DDP, agreeing is a collective read back to the host: done at progress updates only
+                    signum = agreed_signal(self.stop_signal, dev) if at_update or not dist.is_dist() else None
                     if signum is not None:
                         self._save(epoch, items_done, is_best=False)
                         if dist.is_main():
