@@ -7,6 +7,8 @@ always returns the most important numbers):
   micro     attention gate kernels alone: CBAM spatial conv (cuDNN vs im2col) and CA (conv vs matmul)
   step      torchvision resnet50 eager loop vs imgcls's step (uint8 -> on-device normalise ->
             Task.train_step -> fused SGD)
+  guard     imgcls's step with train.finite_check=step (the default: non-finite steps skipped on the
+            device) vs log (no checks), alternating rounds
   attn      imgcls resnet50 + se/cbam/coord (fused gates) / nonlocal, eager, cost vs plain
   compiled  imgcls resnet50 and torchvision resnet50 with torch.compile
   e2e       JPEG files -> GPU training at 448 px, batch 64: `imgcls train` vs an ImageFolder + PIL loop,
@@ -42,6 +44,7 @@ import imgcls_cli as ic  # noqa: E402
 from imgcls_cli.config import build_config  # noqa: E402
 from imgcls_cli.data.loader import DeviceNormalizer  # noqa: E402
 from imgcls_cli.engine.optim import build_optimizer, param_groups  # noqa: E402
+from imgcls_cli.engine.step_guard import StepGuard  # noqa: E402
 from imgcls_cli.methods import task_class  # noqa: E402
 
 p = argparse.ArgumentParser()
@@ -95,8 +98,9 @@ def reference_step(make, bs: int, px: int, ncls: int, compile_: bool = False, mo
 
 
 def imgcls_step(backbone: str, bs: int, px: int, ncls: int, attn: str = "none", compile_: bool = False,
-                mode: str = "default"):
-    """What imgcls's trainer does per step, built from its own components (mode: train.compile_mode)."""
+                mode: str = "default", guard: bool = False):
+    """What imgcls's trainer does per step, built from its own components (mode: train.compile_mode;
+    guard: train.finite_check=step, the trainer's default, instead of log)."""
     cfg = build_config(None, {"model.backbone": backbone, "model.attn": attn, "loss.label_smoothing": 0.1,
                               "train.finite_check": "log", "train.compile_mode": mode,
                               "optim.weight_decay": 1e-4, "train.channels_last": True, "train.compile": compile_})
@@ -109,16 +113,28 @@ def imgcls_step(backbone: str, bs: int, px: int, ncls: int, attn: str = "none", 
     norm = DeviceNormalizer((0.485, 0.456, 0.406), (0.229, 0.224, 0.225), dev, channels_last=True)
     xb = torch.randint(0, 256, (bs, 3, px, px), dtype=torch.uint8, device=dev)
     y = torch.randint(0, ncls, (bs,), device=dev)
+    g = StepGuard(model, task.loss_modules(), opt, dev, scaler_enabled=False) if guard else None
+    scaler = torch.amp.GradScaler(dev.type, enabled=False)
 
     def step():
         if graphs:  # as the trainer does
             torch.compiler.cudagraph_mark_step_begin()
+        if g is not None:
+            g.begin()
         x = norm(xb)
         with torch.autocast(dev.type, dtype=torch.bfloat16):
             out = task.train_step({"images": x, "targets": y, "soft": None})
+        if g is not None:
+            g.loss_ok(out["loss"])
         out["loss"].backward()
-        opt.step()
+        if g is not None:
+            g.check_grads(model.parameters())
+            g.step(opt, scaler)
+        else:
+            opt.step()
         opt.zero_grad(set_to_none=True)
+        if g is not None:
+            g.end()
 
     return step
 
@@ -167,6 +183,21 @@ def step() -> None:
     mine, w = rate(imgcls_step("resnet50", BS, PX, 1000))
     record("imgcls_resnet50_eager", img_s=round(mine, 1), ratio_vs_tv=round(mine / ref, 3), warm_s=round(w, 1))
     RES["tv_resnet50_eager"], RES["imgcls_resnet50_eager"] = ref, mine
+
+
+def guard() -> None:
+    """The default finite_check=step (device-side skip of non-finite steps) against log (no checks), eager, in
+    alternating rounds; its cost should be noise (no host sync; a grad-norm pass and a few tiny kernels)."""
+    ref = RES.get("tv_resnet50_eager") or rate(reference_step(lambda: torchvision.models.resnet50(), BS, PX, 1000))[0]
+    steps = {"log": imgcls_step("resnet50", BS, PX, 1000), "step": imgcls_step("resnet50", BS, PX, 1000, guard=True)}
+    got: dict[str, list[float]] = {"log": [], "step": []}
+    for _ in range(2):
+        for k, fn in steps.items():
+            got[k].append(rate(fn)[0])
+    best = {k: max(v) for k, v in got.items()}
+    record("imgcls_resnet50_eager_finite_check", log_img_s=round(best["log"], 1), step_img_s=round(best["step"], 1),
+           step_vs_log=round(best["step"] / best["log"], 3), step_vs_tv=round(best["step"] / ref, 3),
+           rounds={k: [round(x, 1) for x in v] for k, v in got.items()})
 
 
 def attn() -> None:
@@ -339,10 +370,10 @@ def cam() -> None:
 
 
 # (section, rough seconds on an H200 incl. compilation, as measured 2026-11-28): skipped when it would end past
-# --budget.  Next run: `--only compiled,compiled_modes,cudagraphs,e2e,e2e_fewcores` (compiled_modes, e2e_fewcores
-# and the data.decode=device rows of e2e never measured, so their seconds here are estimates; max-autotune compiles
-# for minutes)
-SECTIONS = [(micro, 20), (step, 40), (attn, 130), (compiled, 120), (e2e, 140), (compiled_modes, 300),
+# --budget.  Next run: `--only step,guard,compiled,compiled_modes,cudagraphs,e2e,e2e_fewcores` (guard,
+# compiled_modes, e2e_fewcores and the data.decode=device rows of e2e never measured, so their seconds here are
+# estimates; max-autotune compiles for minutes)
+SECTIONS = [(micro, 20), (step, 40), (guard, 60), (attn, 130), (compiled, 120), (e2e, 140), (compiled_modes, 300),
             (cudagraphs, 70), (e2e_fewcores, 150), (attn_compiled, 330), (timm_refs, 30), (cam, 15),
             (attn_mobilenet, 120)]
 only = set(filter(None, args.only.split(",")))

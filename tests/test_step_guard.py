@@ -197,3 +197,17 @@ def test_the_read_counter_sees_per_step_reads(tmp_path: Path, extra: dict, per_s
     optimizers need the verdict on the host before they step."""
     data = make_folder_dataset(tmp_path / "data", classes=2, train=8, val=2)
     assert _reads(tmp_path, data, 8, **extra) - _reads(tmp_path, data, 2, **extra) == 6 * per_step
+
+
+@pytest.mark.parametrize("poison,finite", [(None, True), (float("nan"), False), (float("inf"), False),
+                                           (-float("inf"), False), ("both", False), (1e30, True)])
+def test_gradient_verdict(poison: object, finite: bool) -> None:
+    from imgcls_cli.engine.step_guard import _grad_total
+
+    grads = [torch.randn(5, 3), torch.randn(7), torch.randn(2, 2, 3)]
+    if poison == "both":  # +inf and -inf in different tensors must not cancel into a finite total
+        grads[0][1, 1], grads[2][0, 1, 2] = float("inf"), -float("inf")
+    elif poison is not None:
+        grads[1][3] = poison
+    assert bool(torch.isfinite(_grad_total(grads))) is finite
+    assert _grad_total([]) is None

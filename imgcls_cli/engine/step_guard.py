@@ -72,6 +72,16 @@ def _supports_found_inf(optimizer: torch.optim.Optimizer) -> bool:
     return all(g.get("fused") for g in optimizer.param_groups)
 
 
+def _grad_total(grads: list[torch.Tensor]) -> torch.Tensor | None:
+    """A 0-dim tensor that is finite exactly when every gradient is (short of the total overflowing float32,
+    which takes gradients of ~1e38 / numel: a diverged run either way)."""
+    if not grads:
+        return None
+    if grads[0].device.type == "cpu":  # one plain reduction per tensor: ResNet-50 5.7 ms vs 15.7 for _foreach_norm
+        return torch.stack([g.sum() for g in grads]).sum()
+    return torch.stack(torch._foreach_norm(grads)).sum()  # CUDA: one multi-tensor launch instead of one per tensor
+
+
 class StepGuard:
     def __init__(self, model: nn.Module, extra: Iterable[nn.Module], optimizer: torch.optim.Optimizer,
                  device: torch.device, scaler_enabled: bool):
@@ -100,8 +110,7 @@ class StepGuard:
         """Fold the gradients in (`total_norm`: clip_grad_norm_'s result, which already saw them all)."""
         if not self.scaler_enabled:  # with fp16, overflowing gradients are GradScaler's business
             if total_norm is None:
-                grads = [p.grad for p in params if p.grad is not None]
-                total_norm = torch.stack(torch._foreach_norm(grads)).sum() if grads else None
+                total_norm = _grad_total([p.grad for p in params if p.grad is not None])
             if total_norm is not None:
                 torch.maximum(self.bad, (~torch.isfinite(total_norm)).float(), out=self.bad)
         if dist.is_dist():  # one rank's NaN loss skips the step on all of them
