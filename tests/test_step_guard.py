@@ -158,7 +158,7 @@ def test_ranks_agree_on_a_skip() -> None:
 class _CountReads(TorchDispatchMode):
     """Counts the ops that make the host wait for the device on CUDA (tensor -> Python value, nonzero)."""
 
-    READS = {"_local_scalar_dense", "nonzero", "masked_select", "unique_dim", "_unique2"}
+    READS = {"_local_scalar_dense", "nonzero", "masked_select", "unique_dim", "_unique2", "bincount"}  # CUDA syncs
 
     def __init__(self) -> None:
         super().__init__()
@@ -211,3 +211,25 @@ def test_gradient_verdict(poison: object, finite: bool) -> None:
         grads[1][3] = poison
     assert bool(torch.isfinite(_grad_total(grads))) is finite
     assert _grad_total([]) is None
+
+
+def test_evaluation_batches_do_not_read_the_device() -> None:
+    from imgcls_cli.engine.evaluator import evaluate
+
+    model = _model().eval()
+    g = torch.Generator().manual_seed(2)
+    batches = [{"bad": [], "images": torch.randint(0, 256, (5, 3, 8, 8), dtype=torch.uint8, generator=g),
+                "targets": torch.randint(0, 3, (5,), generator=g)} for _ in range(4)]
+    counts, results = [], []
+    for n in (1, 4):
+        mode = _CountReads()
+        with mode:
+            res = evaluate(model, batches[:n], lambda x: x.float() / 255, 3, torch.device("cpu"))
+        counts.append(mode.n)
+        results.append(res)
+    assert counts[0] == counts[1]
+    with torch.no_grad():
+        logits = torch.cat([model(b["images"].float() / 255) for b in batches])
+    y = torch.cat([b["targets"] for b in batches])
+    want = torch.bincount(y * 3 + logits.argmax(1), minlength=9).view(3, 3)
+    assert torch.equal(results[1].confusion, want) and results[1].n == 20

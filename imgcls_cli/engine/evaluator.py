@@ -88,7 +88,8 @@ def evaluate(logits_fn: Callable[[torch.Tensor], torch.Tensor], batches: Iterabl
         if collect is not None:
             collect.append(logits.cpu())
         pred = logits.argmax(1)
-        conf += torch.bincount(y * num_classes + pred, minlength=num_classes * num_classes)
+        # scatter_add_, not bincount: CUDA's bincount reads min/max back to the host on every batch
+        conf.scatter_add_(0, y * num_classes + pred, torch.ones_like(pred))
         top5 += (logits.topk(k, 1).indices == y[:, None]).any(1).sum()
         loss += torch.nn.functional.cross_entropy(logits, y, reduction="sum").double()
     from .distributed import all_reduce_sum
