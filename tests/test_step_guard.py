@@ -183,7 +183,8 @@ def _reads(tmp_path: Path, data: Path, steps: int, **extra: object) -> int:
 @pytest.mark.parametrize("extra", [
     {}, {"optim.grad_clip": 1.0, "optim.name": "adamw", "optim.accum_steps": 2}, {"aug.mixup": 0.2},
     {"aug.cutmix": 1.0}, {"loss.name": "arcface"}, {"loss.name": "center", "loss.center_update": "paper"},
-    {"optim.ema": 0.99}], ids=["default", "clip-adamw-accum", "mixup", "cutmix", "arcface", "center-paper", "ema"])
+    {"optim.ema": 0.99}, {"train.method": "bbn"}, {"train.method": "wsdan", "model.backbone": "resnet18"}],
+    ids=["default", "clip-adamw-accum", "mixup", "cutmix", "arcface", "center-paper", "ema", "bbn", "wsdan"])
 def test_training_steps_do_not_read_the_device(tmp_path: Path, extra: dict) -> None:
     """Reads per epoch are a constant (progress update, epoch end, evaluation): 2 and 8 steps read as often."""
     data = make_folder_dataset(tmp_path / "data", classes=2, train=8, val=2)

@@ -53,7 +53,9 @@ class FeatureCenters(nn.Module):
         if self.training:
             with torch.no_grad():  # eq. 9, per-class mean of the batch's moves
                 delta = torch.zeros_like(self.centers).index_add_(0, targets, feature.detach().float() - c)
-                count = torch.bincount(targets, minlength=self.centers.shape[0]).clamp_min(1)  # (K,)
+                # scatter_add_, not bincount, which reads min/max back to the host on CUDA
+                count = torch.zeros(self.centers.shape[0], device=targets.device, dtype=torch.long)
+                count = count.scatter_add_(0, targets, torch.ones_like(targets)).clamp_min(1)  # (K,)
                 self.centers += self.beta * delta / count.unsqueeze(1)
         return loss
 
