@@ -234,3 +234,34 @@ def test_evaluation_batches_do_not_read_the_device() -> None:
     y = torch.cat([b["targets"] for b in batches])
     want = torch.bincount(y * 3 + logits.argmax(1), minlength=9).view(3, 3)
     assert torch.equal(results[1].confusion, want) and results[1].n == 20
+
+
+def test_with_gradscaler_the_scaler_skips_and_the_guard_restores_and_counts() -> None:
+    """fp16 (CUDA) path, run here with the CPU GradScaler: overflowing gradients after a finite loss are the
+    scaler's routine business (not a bad step); a NaN loss is a bad step: skipped, buffers restored, counted."""
+    model = _model()
+    opt = _optimizer(model, "sgd", True)
+    scaler = torch.amp.GradScaler("cpu", init_scale=2.0**4)
+    guard = StepGuard(model, [], opt, torch.device("cpu"), scaler_enabled=True)
+    (x, y), = _batches(1)
+    for bad in ("grad", "loss"):
+        before = {k: v.clone() for k, v in model.state_dict().items()}
+        guard.begin()
+        hook = model[5].weight.register_hook(lambda g: g * float("inf")) if bad == "grad" else None
+        loss = nn.functional.cross_entropy(model(x * float("nan") if bad == "loss" else x), y)
+        guard.loss_ok(loss)
+        scaler.scale(loss).backward()
+        if hook is not None:
+            hook.remove()
+        guard.check_grads(model.parameters())
+        guard.step(opt, scaler)
+        scaler.update()
+        opt.zero_grad(set_to_none=True)
+        guard.end()
+        after = model.state_dict()
+        for k in ("5.weight", "0.weight"):
+            assert torch.equal(before[k], after[k]), (bad, k)  # the scaler skipped the update either way
+        if bad == "loss":  # BatchNorm statistics of the NaN forward were put back
+            assert all(torch.equal(before[k], after[k]) for k in before)
+        assert guard.poll()[0] == (bad == "loss")
+    assert scaler.get_scale() == 2.0**2  # backed off twice
