@@ -7,6 +7,7 @@ buffers, optimizer state), for fused SGD/AdamW (skipped inside the kernel) and f
 
 from __future__ import annotations
 
+import json
 import os
 import tempfile
 from pathlib import Path
@@ -265,3 +266,33 @@ def test_with_gradscaler_the_scaler_skips_and_the_guard_restores_and_counts() ->
             assert all(torch.equal(before[k], after[k]) for k in before)
         assert guard.poll()[0] == (bad == "loss")
     assert scaler.get_scale() == 2.0**2  # backed off twice
+
+
+def test_an_empty_first_batch_still_opens_the_step(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """With accumulation, a window whose first batch had no readable image starts at its second batch:
+    the guard must still reset its verdict there, or the bad step before would skip this good one."""
+    from imgcls_cli.data.loader import DeviceNormalizer
+
+    data = make_folder_dataset(tmp_path / "data", classes=2, train=8, val=2)  # 16 images: 8 batches of 2
+    orig, calls = DeviceNormalizer.__call__, [0]
+
+    def hooked(self, images):
+        calls[0] += 1
+        x = orig(self, images)
+        return x * float("nan") if calls[0] in (1, 2) else x  # training micro-batches 1-2: step 1 is bad
+
+    monkeypatch.setattr(DeviceNormalizer, "__call__", hooked)
+    import imgcls_cli.engine.trainer as tr
+
+    real = tr.guarded
+
+    def drop_third(loader):  # batch 3 (first of step 2's window) arrives with no readable image
+        for k, b in enumerate(real(loader)):
+            yield {**b, "images": None, "bad": []} if k == 2 else b
+
+    monkeypatch.setattr(tr, "guarded", drop_third)
+    res = ic.train(**quick_overrides(**{"data.path": str(data), "data.img_size": 16, "train.batch_size": 2,
+                                        "optim.accum_steps": 2, "train.out": str(tmp_path / "run"),
+                                        "train.tensorboard": False}))
+    rec = [json.loads(x) for x in (res.run_dir / "metrics.jsonl").read_text().splitlines()][-1]
+    assert rec["skipped_steps"] == 1 and rec["steps"] == 4

@@ -1,4 +1,5 @@
-"""Fault handling helpers for the training loop: non-finite steps, loader crashes, frozen BatchNorm.
+"""Fault handling helpers for the training loop: loader crashes, stop signals, frozen BatchNorm (non-finite
+steps: step_guard.py).
 
 Under DDP every decision that changes control flow (skip a step, stop on a signal) is agreed by
 all ranks through one all-reduce, so no rank waits forever in a collective another rank skipped.
@@ -62,29 +63,12 @@ def is_worker_crash(error: BaseException) -> bool:
     return "DataLoader worker" in msg or "worker exited unexpectedly" in msg
 
 
-def any_rank(flag: bool, device: torch.device) -> bool:
-    """True when `flag` is true on any rank (a plain bool when not distributed)."""
-    if not dist.is_dist():
-        return flag
-    return int(dist.all_reduce_max(torch.tensor(int(flag), device=device))) > 0
-
-
 def agreed_signal(signum: int | None, device: torch.device) -> int | None:
     """The stop signal seen by any rank, or None; all ranks get the same answer."""
     if not dist.is_dist():
         return signum
     v = int(dist.all_reduce_max(torch.tensor(signum or 0, device=device)))
     return v or None
-
-
-def grads_finite(params: Iterable[nn.Parameter]) -> bool:
-    """All gradients finite (one host sync).  Under DDP gradients are already averaged, so every
-    rank reaches the same answer without a collective."""
-    grads = [p.grad for p in params if p.grad is not None]
-    if not grads:
-        return True
-    norms = torch._foreach_norm(grads)  # list of 0-dim tensors
-    return bool(torch.isfinite(torch.stack(norms)).all())
 
 
 def freeze_batchnorm(model: nn.Module) -> int:
@@ -95,21 +79,3 @@ def freeze_batchnorm(model: nn.Module) -> int:
             m.eval()
             n += 1
     return n
-
-
-class BufferGuard:
-    """Undo what a skipped forward pass wrote into buffers (BatchNorm running statistics are updated
-    during the forward, before the loss is known to be NaN; without this one bad batch poisons them)."""
-
-    def __init__(self, model: nn.Module):
-        self.buffers = [b for b in model.buffers() if b is not None]
-        self.saved = [b.detach().clone() for b in self.buffers]
-
-    def snapshot(self) -> None:
-        if self.buffers:
-            torch._foreach_copy_(self.saved, self.buffers)
-
-    def restore(self) -> None:
-        if self.buffers:
-            with torch.no_grad():
-                torch._foreach_copy_(self.buffers, self.saved)

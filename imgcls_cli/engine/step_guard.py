@@ -94,11 +94,13 @@ class StepGuard:
         self.run = torch.zeros((), device=device)  # consecutive bad steps, across epochs
         self.worst = torch.zeros((), device=device)  # longest run since the last poll
         self.skipped = torch.zeros((), device=device)  # bad steps since the last poll
+        self.open = False  # between begin() and end(): an optimizer step is being accumulated
 
     def begin(self) -> None:
-        """At the first micro-batch of an optimizer step."""
+        """Before the first micro-batch of an optimizer step."""
         self.state.snapshot()
         self.bad.zero_()
+        self.open = True
 
     def loss_ok(self, loss: torch.Tensor) -> torch.Tensor:
         """Fold a micro-batch's loss into the verdict; returns its own finiteness (0-dim bool)."""
@@ -131,6 +133,7 @@ class StepGuard:
 
     def end(self) -> None:
         """After the optimizer step and the Task's own after-step updates."""
+        self.open = False
         self.state.restore_where(self.bad)
         self.run.add_(1).mul_(self.bad)
         torch.maximum(self.worst, self.run, out=self.worst)

@@ -314,7 +314,7 @@ class Trainer:
                             continue
                         step_batch["images2"] = self.data.normalizer(batch2["images"])  # (B2, 3, H, W)
                         step_batch["targets2"] = batch2["targets"].to(dev, non_blocking=True)  # (B2,)
-                    if guard is not None and i % accum == 0:
+                    if guard is not None and not guard.open:  # (not i % accum: an empty batch may start a window)
                         guard.begin()  # snapshot of buffers the forward pass writes
                     if self.graphs:  # CUDA graphs: the previous step's graph outputs may be overwritten now
                         torch.compiler.cudagraph_mark_step_begin()
