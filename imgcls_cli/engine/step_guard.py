@@ -116,8 +116,9 @@ class StepGuard:
             if total_norm is not None:
                 torch.maximum(self.bad, (~torch.isfinite(total_norm)).float(), out=self.bad)
         if dist.is_dist():  # one rank's NaN loss skips the step on all of them
-            agreed = dist.all_reduce_max(self.bad.clone())
-            self.bad.copy_(agreed)
+            agreed = dist.all_reduce_max(self.bad)  # in place, or a CPU copy under gloo
+            if agreed is not self.bad:
+                self.bad.copy_(agreed)
 
     def step(self, optimizer: torch.optim.Optimizer, scaler: torch.amp.GradScaler) -> None:
         if self.scaler_enabled:
