@@ -3,29 +3,30 @@
 Protocol of ../shared/bench/gpu_anchors.py: bf16 autocast, channels_last, SGD(momentum), batch 256
 at 224 px (ResNet-50), synthetic input; median of 3 x N timed steps after warm-up.  Sections, in
 priority order (each is skipped when it would start after --budget seconds, so one device call
-always returns the most important numbers):
-  micro     attention gate kernels alone: CBAM spatial conv (cuDNN vs im2col) and CA (conv vs matmul)
+always returns the most important numbers); the attention sections live in gpu_attn.py:
   step      torchvision resnet50 eager loop vs imgcls's step (uint8 -> on-device normalise ->
             Task.train_step -> fused SGD)
+  micro     attention gates alone, fused as in training, vs the plain block tail; picks CBAM's spatial form
+  attn      imgcls resnet50 + se/cbam (both spatial forms)/coord (fused gates) / nonlocal, eager, cost vs plain
+  attn_profile    CUDA kernels of each fused gate on the largest block shape
   guard     imgcls's step with train.finite_check=step (the default: non-finite steps skipped on the
             device) vs log (no checks), alternating rounds
-  attn      imgcls resnet50 + se/cbam/coord (fused gates) / nonlocal, eager, cost vs plain
   compiled  imgcls resnet50 and torchvision resnet50 with torch.compile
   e2e       JPEG files -> GPU training at 448 px, batch 64: `imgcls train` vs an ImageFolder + PIL loop,
             all cores as workers, over .bench_data/cub_subset repeated x16 (symlinks), vs synthetic;
             imgcls with data.decode=workers (the default) and data.decode=device (nvJPEG)
-  attn_compiled   whole-model torch.compile of resnet50 + se/cbam/coord, cost vs compiled plain
-  timm      timm seresnet50 / resnet50+CBAM eager (the issue's reference costs)
-  cam       Grad-CAM ms/image vs pytorch-grad-cam
+  compiled_modes  `--compile` with train.compile_mode reduce-overhead / max-autotune-no-cudagraphs
   cudagraphs      torchvision resnet50, torch.compile(mode="reduce-overhead") + fused SGD
-  attn_mobilenet  MobileNetV2 + se/cbam/coord (fused gates), eager, cost vs plain
   e2e_fewcores    data.decode=workers vs device with 2 loader workers (few CPU cores per GPU), 448 px
+  attn_compiled   whole-model torch.compile of resnet50 + se/cbam/coord, cost vs compiled plain
+  timm_refs       timm seresnet50 / resnet50+CBAM eager (the issue's reference costs)
+  cam       Grad-CAM ms/image vs pytorch-grad-cam
+  attn_mobilenet  MobileNetV2 + se/cbam/coord (fused gates), eager, cost vs plain
 Writes $OUT/gpu_bench.json.   Usage: python benchmarks/gpu.py [--smoke] [--budget S] [--only a,b]
 """
 
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import sys
@@ -36,145 +37,11 @@ from pathlib import Path
 import torch
 import torchvision
 
-REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO))
-from timing import median_rate  # noqa: E402  (benchmarks/timing.py)
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from gpu_attn import attn, attn_compiled, attn_mobilenet, attn_profile, micro, timm_refs  # noqa: E402
+from gpu_common import BS, PX, REPO, RES, T0, args, dev, imgcls_step, rate, record, reference_step, sync  # noqa: E402
 
 import imgcls_cli as ic  # noqa: E402
-from imgcls_cli.config import build_config  # noqa: E402
-from imgcls_cli.data.loader import DeviceNormalizer  # noqa: E402
-from imgcls_cli.engine.optim import build_optimizer, param_groups  # noqa: E402
-from imgcls_cli.engine.step_guard import StepGuard  # noqa: E402
-from imgcls_cli.methods import task_class  # noqa: E402
-
-p = argparse.ArgumentParser()
-p.add_argument("--smoke", action="store_true")
-p.add_argument("--budget", type=float, default=1e9, help="seconds; later sections are skipped past it")
-p.add_argument("--only", default="", help="comma-separated sections (default: all)")
-p.add_argument("--out", default=os.path.join(os.environ.get("OUT", "."), "gpu_bench.json"))
-args = p.parse_args()
-T0 = time.perf_counter()
-dev = torch.device("cuda" if torch.cuda.is_available() else "cpu")
-torch.backends.cudnn.benchmark = True
-torch.backends.cuda.matmul.allow_tf32 = True
-torch.backends.cudnn.allow_tf32 = True
-RES: dict = {"device": torch.cuda.get_device_name() if dev.type == "cuda" else "cpu", "torch": torch.__version__,
-             "cpus": os.cpu_count(), "date": time.strftime("%Y-%m-%d %H:%M"), "runs": []}
-print(RES, flush=True)
-
-
-def sync() -> None:
-    if dev.type == "cuda":
-        torch.cuda.synchronize()
-
-
-def record(name: str, **kw) -> None:
-    r = {"name": name, **kw}
-    print(r, flush=True)
-    RES["runs"].append(r)
-
-
-def reference_step(make, bs: int, px: int, ncls: int, compile_: bool = False, mode: str | None = None):
-    """The idiomatic torchvision step; mode="reduce-overhead": compiled with CUDA graphs and fused SGD."""
-    base = make().to(dev).to(memory_format=torch.channels_last)
-    model = torch.compile(base, mode=mode) if compile_ or mode else base
-    graphs = mode == "reduce-overhead"
-    fused = {"fused": True} if graphs else {}
-    opt = torch.optim.SGD(base.parameters(), lr=0.1, momentum=0.9, weight_decay=1e-4, **fused)
-    x = torch.randn(bs, 3, px, px, device=dev).to(memory_format=torch.channels_last)
-    y = torch.randint(0, ncls, (bs,), device=dev)
-    crit = torch.nn.CrossEntropyLoss(label_smoothing=0.1)
-
-    def step():
-        if graphs:
-            torch.compiler.cudagraph_mark_step_begin()
-        with torch.autocast(dev.type, dtype=torch.bfloat16):
-            loss = crit(model(x), y)
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        opt.step()
-
-    return step
-
-
-def imgcls_step(backbone: str, bs: int, px: int, ncls: int, attn: str = "none", compile_: bool = False,
-                mode: str = "default", guard: bool = False):
-    """What imgcls's trainer does per step, built from its own components (mode: train.compile_mode;
-    guard: train.finite_check=step, the trainer's default, instead of log)."""
-    cfg = build_config(None, {"model.backbone": backbone, "model.attn": attn, "loss.label_smoothing": 0.1,
-                              "train.finite_check": "log", "train.compile_mode": mode,
-                              "optim.weight_decay": 1e-4, "train.channels_last": True, "train.compile": compile_})
-    tcls = task_class(cfg)
-    model = tcls.build_model(cfg, ncls).to(dev).to(memory_format=torch.channels_last)
-    train_model = torch.compile(model, mode=mode) if compile_ else model
-    graphs = compile_ and mode in ("reduce-overhead", "max-autotune")
-    task = tcls(cfg, train_model, ncls, None)
-    opt = build_optimizer(cfg.optim, param_groups(model, 1e-4, True), dev)
-    norm = DeviceNormalizer((0.485, 0.456, 0.406), (0.229, 0.224, 0.225), dev, channels_last=True)
-    xb = torch.randint(0, 256, (bs, 3, px, px), dtype=torch.uint8, device=dev)
-    y = torch.randint(0, ncls, (bs,), device=dev)
-    g = StepGuard(model, task.loss_modules(), opt, dev, scaler_enabled=False) if guard else None
-    scaler = torch.amp.GradScaler(dev.type, enabled=False)
-
-    def step():
-        if graphs:  # as the trainer does
-            torch.compiler.cudagraph_mark_step_begin()
-        if g is not None:
-            g.begin()
-        x = norm(xb)
-        with torch.autocast(dev.type, dtype=torch.bfloat16):
-            out = task.train_step({"images": x, "targets": y, "soft": None})
-        if g is not None:
-            g.loss_ok(out["loss"])
-        out["loss"].backward()
-        if g is not None:
-            g.check_grads(model.parameters())
-            g.step(opt, scaler)
-        else:
-            opt.step()
-        opt.zero_grad(set_to_none=True)
-        if g is not None:
-            g.end()
-
-    return step
-
-
-BS, PX = (8, 64) if args.smoke else (256, 224)
-STEPS, WARM = (2, 1) if args.smoke else (20, 8)
-
-
-def rate(step, bs: int = BS, steps: int = STEPS, warm: int = WARM) -> tuple[float, float]:
-    return median_rate(step, bs, steps, warm, dev)
-
-
-def micro() -> None:
-    """Gate kernels alone, fwd + bwd on ResNet-50 stage shapes, weighted by blocks per stage (3, 4, 6, 3)."""
-    from imgcls_cli.models.attention.cbam import CBAM
-    from imgcls_cli.models.attention.coord import CoordAttention
-
-    shapes = [(256, 56, 3), (512, 28, 4), (1024, 14, 6), (2048, 7, 3)]
-    b = 2 if args.smoke else BS
-    ms: dict = {}
-    for cls, attr, variants in ((CBAM, "spatial", ("conv", "unfold")), (CoordAttention, "matmul", (False, True))):
-        for v in variants:
-            setattr(cls, attr, v)
-            total = 0.0
-            for c, hw, n in shapes:
-                m = cls(c).to(dev)
-                x = torch.randn(b, c, hw, hw, device=dev).to(memory_format=torch.channels_last).requires_grad_()
-
-                def fb(m=m, x=x) -> None:
-                    with torch.autocast(dev.type, dtype=torch.bfloat16):
-                        y = m.gate_forward(x)
-                    y.float().sum().backward()
-
-                r, _ = median_rate(fb, 1, 5 if not args.smoke else 1, 2, dev)
-                total += n * 1000 / r
-            ms[f"{cls.__name__}.{attr}={v}"] = round(total, 2)
-        best = min(variants, key=lambda v: ms[f"{cls.__name__}.{attr}={v}"])
-        setattr(cls, attr, best)  # the sections below use the faster form
-        ms[f"{cls.__name__}.{attr} chosen"] = best
-    record("micro_gate_ms_per_resnet50_step_fwd_bwd_eager", **ms)
 
 
 def step() -> None:
@@ -198,24 +65,6 @@ def guard() -> None:
     record("imgcls_resnet50_eager_finite_check", log_img_s=round(best["log"], 1), step_img_s=round(best["step"], 1),
            step_vs_log=round(best["step"] / best["log"], 3), step_vs_tv=round(best["step"] / ref, 3),
            rounds={k: [round(x, 1) for x in v] for k, v in got.items()})
-
-
-def attn() -> None:
-    plain = RES.get("imgcls_resnet50_eager") or rate(imgcls_step("resnet50", BS, PX, 1000))[0]
-    for a in ("se", "cbam", "coord", "nonlocal"):
-        v, w = rate(imgcls_step("resnet50", BS, PX, 1000, attn=a))
-        record(f"imgcls_resnet50_{a}_eager", img_s=round(v, 1), cost_vs_plain=round(1 - v / plain, 3),
-               warm_s=round(w, 1), fused=a != "nonlocal")
-
-
-def attn_mobilenet() -> None:
-    """MobileNetV2 (its gate sits after the depthwise conv: `fused.gate`, no residual tail), eager."""
-    plain, _ = rate(imgcls_step("mobilenet_v2", BS, PX, 1000))
-    record("imgcls_mobilenet_v2_eager", img_s=round(plain, 1))
-    for a in ("se", "cbam", "coord"):
-        v, w = rate(imgcls_step("mobilenet_v2", BS, PX, 1000, attn=a))
-        record(f"imgcls_mobilenet_v2_{a}_eager", img_s=round(v, 1), cost_vs_plain=round(1 - v / plain, 3),
-               warm_s=round(w, 1))
 
 
 def compiled() -> None:
@@ -245,25 +94,6 @@ def compiled_modes() -> None:
         record(f"imgcls_resnet50_compiled_{mode}", img_s=round(c, 1), warm_s=round(w, 1),
                vs_default_mode=round(c / base, 3) if base else None)
         torch._dynamo.reset()
-
-
-def attn_compiled() -> None:
-    plain = RES.get("imgcls_resnet50_compiled") or rate(imgcls_step("resnet50", BS, PX, 1000, compile_=True))[0]
-    for a in ("cbam", "coord", "se"):
-        v, w = rate(imgcls_step("resnet50", BS, PX, 1000, attn=a, compile_=True))
-        record(f"imgcls_resnet50_{a}_compiled", img_s=round(v, 1), cost_vs_compiled_plain=round(1 - v / plain, 3),
-               warm_s=round(w, 1))
-
-
-def timm_refs() -> None:
-    import timm
-
-    base = RES.get("tv_resnet50_eager")
-    for name, make in [("timm_seresnet50", lambda: timm.create_model("seresnet50", num_classes=1000)),
-                       ("timm_resnet50_cbam", lambda: timm.create_model("resnet50", num_classes=1000,
-                                                                         block_args={"attn_layer": "cbam"}))]:
-        v, _ = rate(reference_step(make, BS, PX, 1000))
-        record(name, img_s=round(v, 1), cost_vs_tv=round(1 - v / base, 3) if base else None)
 
 
 def _repeat_folder(src: Path, times: int) -> Path:
@@ -369,13 +199,13 @@ def cam() -> None:
            speedup=round(a / b, 3))
 
 
-# (section, rough seconds on an H200 incl. compilation, as measured 2026-11-28): skipped when it would end past
-# --budget.  Next run: `--only step,guard,compiled,compiled_modes,cudagraphs,e2e,e2e_fewcores` (guard,
-# compiled_modes, e2e_fewcores and the data.decode=device rows of e2e never measured, so their seconds here are
-# estimates; max-autotune compiles for minutes)
-SECTIONS = [(micro, 20), (step, 40), (guard, 60), (attn, 130), (compiled, 120), (e2e, 140), (compiled_modes, 300),
-            (cudagraphs, 70), (e2e_fewcores, 150), (attn_compiled, 330), (timm_refs, 30), (cam, 15),
-            (attn_mobilenet, 120)]
+# (section, rough seconds on an H200 incl. compilation): skipped when it would end past --budget.  Measured
+# 2026-11-28: step 21, attn (3 gate kinds compiled) 92, compiled 53, e2e (workers only) 76; the rest are estimates
+# (micro compiles the four gate kinds for the attn section, which then reuses the graphs; max-autotune compiles
+# for minutes).  One device call of --budget 540 returns step, micro, attn, attn_profile, guard, compiled.
+SECTIONS = [(step, 40), (micro, 150), (attn, 60), (attn_profile, 20), (guard, 60), (compiled, 120), (e2e, 140),
+            (compiled_modes, 300), (cudagraphs, 70), (e2e_fewcores, 150), (attn_compiled, 330), (timm_refs, 30),
+            (cam, 15), (attn_mobilenet, 120)]
 only = set(filter(None, args.only.split(",")))
 for fn, est in SECTIONS:
     if only and fn.__name__ not in only:

@@ -31,6 +31,7 @@ def _close(a: dict, b: dict, tol: float = 1e-5) -> None:
 
 
 @pytest.mark.parametrize(("cls", "attr", "fast", "slow"), [(CBAM, "spatial", "unfold", "conv"),
+                                                          (CBAM, "spatial", "stencil", "conv"),
                                                           (CoordAttention, "matmul", True, False)])
 def test_matmul_forms_equal_the_conv_forms(cls, attr, fast, slow, monkeypatch) -> None:
     torch.manual_seed(0)
@@ -158,3 +159,21 @@ def test_whole_model_compile_traces_the_eager_gates(monkeypatch) -> None:
     got = _train_step(torch.compile(model, backend="aot_eager"), x, y)
     assert calls == []
     torch.testing.assert_close(got[0], _eager_step(ref_model, x, y)[0], rtol=1e-4, atol=1e-4)
+
+
+def test_fused_cbam_stencil_equals_the_eager_conv(monkeypatch) -> None:
+    """The shift-and-add spatial conv (benchmarked against cuDNN inside the fused region) computes CBAM's gate:
+    a fused stencil step gives the eager cuDNN step's outputs, gradients and BN statistics."""
+    monkeypatch.setattr(fused, "_BACKEND", "aot_eager")
+    torch.manual_seed(0)
+    model = ic.build_model("resnet18", num_classes=4, attn="cbam").train()
+    for m in model.modules():
+        if isinstance(m, CBAM):
+            torch.nn.init.normal_(m.bn.weight, 1.0, 0.2)  # gamma = 0 at init would hide the spatial branch
+    # 64 px, batch 4: layer4's spatial BN then normalises 16 values (over 2 values, as at 32 px and batch 2, it
+    # amplifies the summation-order rounding of either form to ~1e-3)
+    x, y = torch.randn(4, 3, 64, 64), torch.tensor([0, 2, 1, 3])
+    ref = _eager_step(copy.deepcopy(model), x, y)
+    monkeypatch.setattr(CBAM, "spatial", "stencil")
+    got = _train_step(model, x, y)
+    _assert_same(got, ref, 1e-4)

@@ -13,8 +13,13 @@ spatial gate starts at sigmoid(0) = 0.5 everywhere).  The channel-pooled map is 
 hidden width is max(1, C // r); the MLP runs as matrix products on the pooled (2B, C) vectors (the
 1x1-conv weights viewed as matrices).  `spatial = "unfold"` computes the 7x7 conv as im2col + one
 matrix product instead of cuDNN: the same function, but measured slower on an H200 (181 vs 138 ms
-of gate time per ResNet-50 step, docs/benchmarks.md), so cuDNN ("conv") is the default.  On CUDA
-the gate is a fused region (see fused.py).
+of gate time per ResNet-50 step, eager, docs/benchmarks.md), so cuDNN ("conv") is the default.
+`spatial = "stencil"` writes the conv as the sum of its 2 k^2 shifted, weighted copies of the padded
+map: slow eager, but inside the fused region (fused.py) Inductor turns it into one pointwise kernel
+forward and one multi-output reduction backward, where the cuDNN form calls three convolutions on a
+2-channel map (forward, data and weight gradients) that tensor cores cannot use.  Which is faster on
+a GPU is for `benchmarks/gpu.py` to say; until it has, "conv" stays the default.  On CUDA the gate
+is a fused region (see fused.py).
 """
 
 from __future__ import annotations
@@ -29,7 +34,7 @@ from .fused import FusableGate
 
 @ATTENTION.register("cbam", placement="block", options={"reduction": "reduction", "cbam_kernel": "kernel_size"})
 class CBAM(FusableGate):
-    spatial = "conv"  # or "unfold" (im2col + matmul): the same function; benchmarks/gpu.py times both
+    spatial = "conv"  # or "unfold" (im2col + matmul), "stencil" (shift and add): the same function
 
     def __init__(self, channels: int, *, reduction: int = 16, kernel_size: int = 7):
         super().__init__()
@@ -54,5 +59,23 @@ class CBAM(FusableGate):
         if self.spatial == "conv":
             return self.conv(maps)
         k = self.conv.kernel_size[0]
+        if self.spatial == "stencil":
+            return _stencil(maps, self.conv.weight, k, h, w)
         cols = F.unfold(maps, k, padding=k // 2)  # (B, 2*k*k, H*W)
         return (self.conv.weight.flatten(1) @ cols).view(b, 1, h, w)  # (1, 2kk) @ (B, 2kk, HW)
+
+
+def _stencil(maps: torch.Tensor, weight: torch.Tensor, k: int, h: int, w: int) -> torch.Tensor:
+    """conv2d(maps, weight, padding=k // 2) as sum_{c,i,j} weight[0, c, i, j] * padded[:, c, i:i+h, j:j+w].
+
+    maps: (B, 2, H, W); weight: (1, 2, k, k) -> (B, 1, H, W).  Cross-correlation, as nn.Conv2d."""
+    p = k // 2
+    padded = F.pad(maps.float(), (p, p, p, p))  # (B, 2, H + 2p, W + 2p); fp32 sums, as the conv accumulates
+    taps = weight.float()[0]  # (2, k, k)
+    out = None
+    for c in range(maps.shape[1]):
+        for i in range(k):
+            for j in range(k):
+                term = padded[:, c : c + 1, i : i + h, j : j + w] * taps[c, i, j]  # (B, 1, H, W)
+                out = term if out is None else out + term
+    return out.to(maps.dtype)
