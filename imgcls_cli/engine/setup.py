@@ -11,6 +11,7 @@ from torch.utils.data import DataLoader
 from ..config import Config
 from ..data.dataset import ImageDataset, collate
 from ..data.device_decode import BatchDecoder, DeviceDecodeLoader, EncodedTrainSet, collate_encoded
+from ..data.device_prefetch import DevicePrefetchLoader
 from ..data.loader import DeviceNormalizer, make_loader
 from ..data.samplers import SequentialShard
 from ..data.sources import DataBundle, open_data
@@ -44,7 +45,7 @@ class DataSetup:
     train_set: ImageDataset
     val_set: ImageDataset | None
     train_sampler: Any
-    train_loader: Any  # a DataLoader (a DeviceDecodeLoader around one with data.decode=device)
+    train_loader: Any  # a DataLoader, wrapped: DeviceDecodeLoader (data.decode=device), DevicePrefetchLoader (CUDA)
     val_loader: DataLoader | None
     normalizer: DeviceNormalizer
 
@@ -56,13 +57,14 @@ def make_sampler(name: str, cfg: Config, labels: Any, num_classes: int, salt: in
 
 
 def train_loader_for(cfg: Config, train_set: ImageDataset, sampler: Any, device: torch.device, seed: int) -> Any:
-    """The training DataLoader; with data.decode=device wrapped so that its batches are decoded on `device`."""
+    """The training DataLoader; with data.decode=device wrapped so that its batches are decoded on `device`, else on
+    CUDA with pinned memory so that each batch is copied to the device on a side stream during the step before."""
     on_device = cfg.data.decode == "device"
     bs, pin = cfg.train.batch_size, cfg.data.pin_memory and device.type == "cuda"
     loader = make_loader(train_set, sampler, bs, cfg.data.workers, pin, drop_last=sampler.per_rank > bs, seed=seed,
                          collate_fn=collate_encoded if on_device else collate)
     if not on_device:
-        return loader
+        return DevicePrefetchLoader(loader, device) if pin else loader
     size = train_set.transform.transforms[0].size[0]  # the RandomResizedCrop's output side: the worker path's size
     return DeviceDecodeLoader(loader, BatchDecoder(train_set, size, device))
 
