@@ -89,3 +89,10 @@ def test_normalizer_matches_the_formula_and_leaves_its_input_alone() -> None:
     f = u8.float()
     DeviceNormalizer(mean, std, torch.device("cpu"))(f)
     assert torch.equal(f, keep.float())  # a float input is not normalised in place either
+    # the device path (here: a uint8 batch the CPU table does not take) writes the model's memory format in one pass
+    norm = DeviceNormalizer(mean, std, torch.device("cpu"))
+    norm.memory_format = torch.channels_last  # as on CUDA with train.channels_last
+    y = norm(u8.to(memory_format=torch.channels_last))
+    torch.testing.assert_close(y, ref)
+    assert y.dtype == torch.float32 and y.is_contiguous(memory_format=torch.channels_last)
+    assert torch.equal(u8, keep)

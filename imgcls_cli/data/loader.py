@@ -43,6 +43,7 @@ class DeviceNormalizer:
         self.device = device
         self.mean = torch.tensor(mean, device=device).view(1, 3, 1, 1) * 255.0  # (1, 3, 1, 1)
         self.inv_std = 1.0 / (torch.tensor(std, device=device).view(1, 3, 1, 1) * 255.0)
+        self.shift = -self.mean * self.inv_std  # (1, 3, 1, 1)
         # on the CPU the one-pass LUT below writes NCHW; a channels_last model converts at its first conv
         self.memory_format = torch.channels_last if channels_last and device.type != "cpu" else torch.contiguous_format
 
@@ -59,6 +60,9 @@ class DeviceNormalizer:
                 and self.memory_format == torch.contiguous_format):
             return self._cpu_uint8(images)
         x = images.to(self.device, non_blocking=True)
+        if not x.is_floating_point():  # one pass: reads uint8, writes float in the model's memory format
+            out = torch.empty(x.shape, dtype=torch.float32, device=x.device, memory_format=self.memory_format)
+            return torch.addcmul(self.shift, x, self.inv_std, out=out)  # x * inv_std - mean * inv_std
         x = x.contiguous(memory_format=self.memory_format)
         x = x.float() if x.dtype != torch.float32 else x.clone()  # a new tensor: safe to update in place
         return x.sub_(self.mean).mul_(self.inv_std)  # in place: no extra (B, 3, H, W) float temporaries
