@@ -73,9 +73,9 @@ def reference_step(make, bs: int, px: int, ncls: int, compile_: bool = False, mo
 
 
 def imgcls_step(backbone: str, bs: int, px: int, ncls: int, attn: str = "none", compile_: bool = False,
-                mode: str = "default", guard: bool = False):
-    """What imgcls's trainer does per step, built from its own components (mode: train.compile_mode;
-    guard: train.finite_check=step, the trainer's default, instead of log)."""
+                mode: str = "default", guard: bool = True):
+    """What imgcls's trainer does per step by default, built from its own components (mode: train.compile_mode;
+    guard: train.finite_check=step, the default; guard=False is finite_check=log, no checks)."""
     cfg = build_config(None, {"model.backbone": backbone, "model.attn": attn, "loss.label_smoothing": 0.1,
                               "train.finite_check": "log", "train.compile_mode": mode,
                               "optim.weight_decay": 1e-4, "train.channels_last": True, "train.compile": compile_})
