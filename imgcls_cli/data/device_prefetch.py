@@ -1,4 +1,4 @@
-"""Host-to-device copies of training batches on a side CUDA stream, one batch ahead.
+"""Host-to-device copies of image batches (training and evaluation) on a side CUDA stream, one batch ahead.
 
 Why: `images.to(device, non_blocking=True)` on the training stream returns at once on the host, but on
 the GPU the copy is ordered between two steps, and the SMs wait for it.  At 448 px a uint8 batch of 64
@@ -24,11 +24,18 @@ from typing import Any
 import torch
 
 Pending = tuple[dict[str, Any] | None, Exception | None] | None
-MOVED = ("images", "targets")  # per-batch tensors the step reads on the device ("indices" stay on the host)
+# the batch tensor worth overlapping; targets (B int64) and indices stay on the host, where every consumer
+# of a batch expects them (the trainer and evaluator copy targets themselves; feature collectors keep them there)
+MOVED = ("images",)
+
+
+def prefetch_to(loader: Any, device: torch.device, pinned: bool) -> Any:
+    """`loader` with side-stream copies where they pay (CUDA, pinned batches), else `loader` itself."""
+    return DevicePrefetchLoader(loader, device) if pinned and device.type == "cuda" else loader
 
 
 class DevicePrefetchLoader:
-    """A DataLoader (with pinned batches) whose batches arrive with `images` and `targets` already on `device`."""
+    """A DataLoader (with pinned batches) whose batches arrive with `images` already on `device`."""
 
     def __init__(self, loader: Any, device: torch.device):
         self.loader, self.device = loader, device

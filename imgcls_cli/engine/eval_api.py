@@ -9,6 +9,7 @@ from typing import Any
 import torch
 
 from ..data.dataset import ImageDataset
+from ..data.device_prefetch import prefetch_to
 from ..data.loader import DeviceNormalizer, make_loader
 from ..data.sources import open_data
 from ..data.transforms import transforms_from_config
@@ -46,7 +47,7 @@ def eval_loader(ckpt: Checkpoint, data: str | None, split: str | None, batch_siz
     _, eval_tf = transforms_from_config(cfg, bundle)
     ds = ImageDataset(bundle.val, eval_tf)
     bs = batch_size or cfg.train.eval_batch_size or cfg.train.batch_size * 2
-    loader = make_loader(ds, None, bs, cfg.data.workers, device.type == "cuda")
+    loader = prefetch_to(make_loader(ds, None, bs, cfg.data.workers, device.type == "cuda"), device, True)
     norm = DeviceNormalizer(ckpt.mean, ckpt.std, device, bool(cfg.train.channels_last) and device.type == "cuda")
     return cfg, bundle, loader, norm
 

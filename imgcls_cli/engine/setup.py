@@ -6,12 +6,11 @@ from dataclasses import dataclass
 from typing import Any
 
 import torch
-from torch.utils.data import DataLoader
 
 from ..config import Config
 from ..data.dataset import ImageDataset, collate
 from ..data.device_decode import BatchDecoder, DeviceDecodeLoader, EncodedTrainSet, collate_encoded
-from ..data.device_prefetch import DevicePrefetchLoader
+from ..data.device_prefetch import prefetch_to
 from ..data.loader import DeviceNormalizer, make_loader
 from ..data.samplers import SequentialShard
 from ..data.sources import DataBundle, open_data
@@ -46,7 +45,7 @@ class DataSetup:
     val_set: ImageDataset | None
     train_sampler: Any
     train_loader: Any  # a DataLoader, wrapped: DeviceDecodeLoader (data.decode=device), DevicePrefetchLoader (CUDA)
-    val_loader: DataLoader | None
+    val_loader: Any  # a DataLoader (a DevicePrefetchLoader around one on CUDA) or None
     normalizer: DeviceNormalizer
 
 
@@ -64,7 +63,7 @@ def train_loader_for(cfg: Config, train_set: ImageDataset, sampler: Any, device:
     loader = make_loader(train_set, sampler, bs, cfg.data.workers, pin, drop_last=sampler.per_rank > bs, seed=seed,
                          collate_fn=collate_encoded if on_device else collate)
     if not on_device:
-        return DevicePrefetchLoader(loader, device) if pin else loader
+        return prefetch_to(loader, device, pin)
     size = train_set.transform.transforms[0].size[0]  # the RandomResizedCrop's output side: the worker path's size
     return DeviceDecodeLoader(loader, BatchDecoder(train_set, size, device))
 
@@ -83,7 +82,8 @@ def setup_data(cfg: Config, bundle: DataBundle, device: torch.device) -> DataSet
     if bundle.val is not None and len(bundle.val) > 0:
         val_set = ImageDataset(bundle.val, eval_tf, seed=cfg.train.seed)
         shard = SequentialShard(len(val_set), dist.world_size(), dist.rank())
-        val_loader = make_loader(val_set, shard, cfg.train.eval_batch_size or bs * 2, cfg.data.workers, pin)
+        val_bs = cfg.train.eval_batch_size or bs * 2
+        val_loader = prefetch_to(make_loader(val_set, shard, val_bs, cfg.data.workers, pin), device, pin)
     norm = DeviceNormalizer(bundle.mean, bundle.std, device, bool(cfg.train.channels_last))
     return DataSetup(bundle, train_set, val_set, sampler, train_loader, val_loader, norm)
 
