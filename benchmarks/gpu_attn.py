@@ -73,19 +73,29 @@ def attn_profile() -> None:
         for _ in range(3):
             fb()
         sync()
-        acts = [ProfilerActivity.CUDA] if dev.type == "cuda" else [ProfilerActivity.CPU]
+        acts = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if dev.type == "cuda" else [])
         with profile(activities=acts) as prof:
             for _ in range(reps):
                 fb()
             sync()
-        events = [e for e in prof.key_averages() if dev.type != "cuda" or str(e.device_type).endswith("CUDA")]
+        record(f"profile_{name}_256x56x56", batch=b, **_top(prof, reps))
 
-        def t(e) -> float:  # microseconds per fwd + bwd
-            return (e.device_time_total if dev.type == "cuda" else e.self_cpu_time_total) / reps
 
-        events.sort(key=t, reverse=True)
-        record(f"profile_{name}_256x56x56", batch=b, us_total=round(sum(t(e) for e in events), 1),
-               top=[[e.key[:110], round(t(e), 1), e.count // reps] for e in events[:12]])
+def _top(prof, reps: int, k: int = 12) -> dict:
+    """Time per fwd + bwd by kernel (CUDA) or op (CPU): total us, distinct names, the top `k` [name, us, calls]."""
+    from torch.autograd import DeviceType
+
+    per: dict[str, list[float]] = {}
+    for e in prof.events():
+        if dev.type == "cuda" and e.device_type != DeviceType.CUDA:
+            continue
+        us = e.time_range.elapsed_us() if dev.type == "cuda" else e.self_cpu_time_total
+        acc = per.setdefault(e.name[:110], [0.0, 0])
+        acc[0] += us / reps
+        acc[1] += 1
+    top = sorted(per.items(), key=lambda kv: kv[1][0], reverse=True)
+    return {"us_total": round(sum(v[0] for v in per.values()), 1), "distinct": len(per),
+            "top": [[name, round(us, 1), n // reps] for name, (us, n) in top[:k]]}
 
 
 def attn() -> None:
