@@ -308,8 +308,15 @@ class Config(Frozen):
 def _set_dotted(d: dict[str, Any], key: str, value: Any) -> None:
     parts = key.split(".")
     node = d
-    for p in parts[:-1]:
-        node = node.setdefault(p, {})
+    for i, p in enumerate(parts[:-1]):
+        child = node.get(p)
+        if child is None:  # absent, or a YAML section left empty (`optim:` with its keys commented out)
+            child = node[p] = {}
+        elif not isinstance(child, dict):
+            where = ".".join(parts[:i + 1])
+            raise ImgclsError(f"{where}: is {child!r}, not a section (a mapping of keys), so {key} cannot be set"
+                              f" in it; write {where} as a section with {parts[i + 1]} indented below it")
+        node = child
     node[parts[-1]] = value
 
 
@@ -347,8 +354,11 @@ def load_config(path: str | Path, overrides: dict[str, Any] | None = None) -> Co
         raise ImgclsError(f"--config {p}: not valid YAML ({str(e).splitlines()[0]})") from None
     if not isinstance(d, dict):
         raise ImgclsError(f"--config {p}: expected a mapping of sections (data, model, ...)")
-    for key, value in (overrides or {}).items():
-        _set_dotted(d, key, value)
+    try:
+        for key, value in (overrides or {}).items():
+            _set_dotted(d, key, value)
+    except ImgclsError as e:
+        raise ImgclsError(f"{p}: {e}") from None
     return config_from_dict(d, source=str(p))
 
 
