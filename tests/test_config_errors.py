@@ -35,6 +35,7 @@ OPTION_CASES = {
     "negative lr": (["--lr", "-1"], ["optim.lr"]),
     "bad --set key": (["--set", "optim.momentun=0.9"], ["optim.momentun", "unknown key"]),
     "bad --set syntax": (["--set", "optim.momentum"], ["--set", "KEY=VALUE"]),
+    "bad --set yaml value": (["--set", "optim.milestones=[1,2"], ["--set", "optim.milestones", "YAML"]),
     "bad milestones": (["--milestones", "a,b"], ["--milestones"]),
     "missing config": (["--config", "nope.yaml"], ["--config", "nope.yaml"]),
     "missing data": (["--data", "no/such/dir", "--epochs", "1"], ["--data", "no/such/dir"]),

@@ -41,7 +41,12 @@ def _parse_set(items: list[str]) -> dict[str, Any]:
         key, sep, val = it.partition("=")
         if not sep or not key:
             raise ImgclsError(f"--set {it!r}: expected KEY=VALUE with a dotted key, e.g. optim.momentum=0.95")
-        res[key.strip()] = yaml.safe_load(val)
+        try:
+            res[key.strip()] = yaml.safe_load(val)
+        except yaml.YAMLError as e:
+            reason = getattr(e, "problem", None) or str(e).splitlines()[0]
+            raise ImgclsError(f"--set {it!r}: the value is not valid YAML ({reason}); quote a string value,"
+                              f" e.g. --set 'data.path=\"my dir\"', or give a list as [1, 2]") from None
     return res
 
 
