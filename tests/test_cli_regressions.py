@@ -1,0 +1,46 @@
+"""Regressions found by exercising the CLI as a new user: each bad input or surprising setting is refused
+in one line with exit status 2, or does what the README says."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from typer.testing import CliRunner
+
+import imgcls_cli as ic
+from imgcls_cli.cli.app import app
+from imgcls_cli.config import DataConfig
+from imgcls_cli.data.sources import open_data
+from imgcls_cli.errors import DataError
+
+from .conftest import quick_overrides
+
+runner = CliRunner()
+
+
+def _one_line(result, *needles: str) -> str:
+    text = result.output.strip()
+    assert result.exit_code == 2, text
+    assert "Traceback" not in text and len(text.splitlines()) == 1, text
+    for n in needles:
+        assert n in text, f"{n!r} not in {text!r}"
+    return text
+
+
+# ---------------------------------------------------------------- --split of a fixed-split data set
+@pytest.mark.parametrize("split", ["test", "train", "foo"])
+def test_digits_split_other_than_val_is_refused(split: str) -> None:
+    """digits has one held-out split, `val`; --split test used to evaluate `val` and label it `test`."""
+    with pytest.raises(DataError, match=f"--split {split}"):
+        open_data(DataConfig(path="digits", val_split=split))
+    assert open_data(DataConfig(path="digits", val_split="val")).val_split == "val"
+    _one_line(runner.invoke(app, ["train", "--split", split]), f"--split {split}", "valid: val")
+    assert not Path("runs").exists()
+
+
+def test_eval_split_of_digits_checkpoint(tmp_path: Path) -> None:
+    res = ic.train(**quick_overrides(**{"train.out": str(tmp_path / "r"), "data.img_size": 16,
+                                        "train.steps_per_epoch": 1}))
+    _one_line(runner.invoke(app, ["eval", str(res.run_dir), "--split", "test"]), "--split test", "valid: val")
+    assert not (Path(res.run_dir) / "eval_test").exists()
