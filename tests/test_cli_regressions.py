@@ -3,6 +3,7 @@ in one line with exit status 2, or does what the README says."""
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import pytest
@@ -44,3 +45,38 @@ def test_eval_split_of_digits_checkpoint(tmp_path: Path) -> None:
                                         "train.steps_per_epoch": 1}))
     _one_line(runner.invoke(app, ["eval", str(res.run_dir), "--split", "test"]), "--split test", "valid: val")
     assert not (Path(res.run_dir) / "eval_test").exists()
+
+
+# ---------------------------------------------------------------- --resume
+def _quick(**extra: object) -> dict[str, object]:
+    return quick_overrides(**{"data.img_size": 16, "train.steps_per_epoch": 1, **extra})
+
+
+def _epochs(run: Path) -> list[int]:
+    return [json.loads(x)["epoch"] for x in (run / "metrics.jsonl").read_text().splitlines()]
+
+
+@pytest.mark.parametrize("how", ["runs/latest", "auto"])
+def test_resume_of_a_default_run_continues_in_its_folder(how: str) -> None:
+    """README: `imgcls train --resume runs/latest` continues a run; it used to start a new timestamped folder
+    without best.pt (and `--resume auto` rebuilt the model from the default options: a traceback)."""
+    ic.train(**_quick())
+    r = runner.invoke(app, ["train", "--resume", how, "--epochs", "2", "--no-progress"])
+    assert r.exit_code == 0, r.output
+    runs = [p for p in Path("runs").iterdir() if p.is_dir() and not p.is_symlink()]
+    assert len(runs) == 1, runs
+    assert _epochs(runs[0]) == [1, 2] and (runs[0] / "best.pt").is_file()
+
+
+def test_resume_never_overwrites_another_run_or_newer_checkpoints(tmp_path: Path) -> None:
+    a, b = tmp_path / "a", tmp_path / "b"
+    ic.train(**_quick(**{"train.out": str(a), "train.epochs": 2}))
+    ic.train(**_quick(**{"train.out": str(b)}))
+    before = (b / "last.pt").read_bytes()
+    _one_line(runner.invoke(app, ["train", "--resume", str(a), "--epochs", "3", "--out", str(b)]),
+              f"--out {b}", "another run")
+    assert (b / "last.pt").read_bytes() == before and _epochs(b) == [1]
+    _one_line(runner.invoke(app, ["train", "--resume", str(a / "epoch_001.pt"), "--epochs", "3"]),
+              "newer checkpoint (last.pt)")
+    assert _epochs(a) == [1, 2]
+

@@ -50,17 +50,18 @@ def _parse_set(items: list[str]) -> dict[str, Any]:
     return res
 
 
-def _base_for_resume(resume: str) -> dict[str, Any] | None:
+def _base_for_resume(resume: str, ov: dict[str, Any]) -> dict[str, Any]:
     """A resumed run starts from the checkpoint's own config (options given now override it)."""
-    from ..engine.checkpoint import read_checkpoint
-    from ..engine.state import newest_valid_checkpoint
+    from types import SimpleNamespace
 
-    p = Path(resume)
-    if resume == "auto":
-        return None
-    if p.is_dir():
-        p = newest_valid_checkpoint(p) or p / "last.pt"
-    return read_checkpoint(p)["config"]
+    from ..engine.checkpoint import read_checkpoint
+    from ..engine.state import resume_path
+
+    where = SimpleNamespace(resume=resume, out=ov.get("train.out"), runs_dir=ov.get("train.runs_dir", "runs"))
+    cfg = read_checkpoint(resume_path(SimpleNamespace(train=where)))["config"]  # a file, a run folder, or auto
+    # where the run lived then: it continues in the checkpoint's folder unless --out/--name is given now
+    cfg.get("train", {}).update(out=None, name=None)
+    return cfg
 
 
 def train_command(
@@ -132,7 +133,7 @@ def train_command(
             raise ImgclsError(f"--milestones {milestones!r}: expected comma-separated epochs, e.g. 120,160") from None
     ov = overrides_from(OPTION_PATHS, values)
     ov.update(_parse_set(set_ or []))
-    base = _base_for_resume(resume) if resume and config is None else None
+    base = _base_for_resume(resume, ov) if resume and config is None else None
     if base is not None:
         for k, v in ov.items():
             _set_dotted(base, k, v)

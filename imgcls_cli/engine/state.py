@@ -129,3 +129,11 @@ def resume_path(cfg: Any) -> Path:
             raise ImgclsError(f"--resume {p}: no loadable checkpoint in this folder")
         p = found
     return p
+
+
+def resume_checkpoint(cfg: Any) -> tuple[Path | None, dict[str, Any] | None]:
+    """(path, contents) of the checkpoint `--resume` names, or (None, None) for a new run."""
+    if not cfg.train.resume:
+        return None, None
+    p = resume_path(cfg)
+    return p, read_checkpoint(p)
