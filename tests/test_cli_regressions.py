@@ -80,3 +80,13 @@ def test_resume_never_overwrites_another_run_or_newer_checkpoints(tmp_path: Path
               "newer checkpoint (last.pt)")
     assert _epochs(a) == [1, 2]
 
+
+def test_resume_with_another_model_or_classes_is_refused(tmp_path: Path, tiny_folder: Path) -> None:
+    """Was a load_state_dict RuntimeError traceback."""
+    a = tmp_path / "a"
+    ic.train(**_quick(**{"train.out": str(a)}))
+    _one_line(runner.invoke(app, ["train", "--resume", str(a), "--epochs", "2", "--backbone", "resnet32"]),
+              "model.backbone", "resnet20", "resnet32")
+    _one_line(runner.invoke(app, ["train", "--resume", str(a), "--epochs", "2", "--data", str(tiny_folder)]),
+              "10 classes", "has 3")
+    assert _epochs(a) == [1]

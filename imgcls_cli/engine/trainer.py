@@ -38,7 +38,7 @@ from .optim import build_optimizer, build_scheduler, param_groups
 from .progress import TrainProgress, cpu_seconds, epoch_line
 from .rundir import append_jsonl, make_run_dir, mark_latest
 from .setup import open_and_resolve, second_stream, setup_data
-from .state import build_checkpoint, restore_rng, resume_checkpoint, save_run_checkpoint
+from .state import build_checkpoint, check_resumable, restore_rng, resume_checkpoint, save_run_checkpoint
 from .step_guard import StepGuard
 
 
@@ -82,6 +82,7 @@ class Trainer:
         torch.manual_seed(cfg.train.seed)
         self.resume_from, self.resume_state = resume_checkpoint(cfg)
         cfg, bundle = open_and_resolve(cfg, self.device)
+        check_resumable(self.resume_state, cfg, bundle.class_names, self.resume_from)
         self.cfg, self.bundle = cfg, bundle
         self.data = setup_data(cfg, bundle, self.device)
         self.class_counts = bundle.class_counts()
