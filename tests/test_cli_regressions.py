@@ -90,3 +90,11 @@ def test_resume_with_another_model_or_classes_is_refused(tmp_path: Path, tiny_fo
     _one_line(runner.invoke(app, ["train", "--resume", str(a), "--epochs", "2", "--data", str(tiny_folder)]),
               "10 classes", "has 3")
     assert _epochs(a) == [1]
+
+
+# ---------------------------------------------------------------- options that would be silently ignored
+def test_pack_size_without_raw_mode_is_refused(tmp_path: Path) -> None:
+    """--size only applies to --mode raw; an encoded pack kept the original sizes without a word."""
+    out = tmp_path / "d.h5"
+    _one_line(runner.invoke(app, ["pack", "digits", str(out), "--size", "64"]), "--size", "--mode raw")
+    assert not out.exists()
