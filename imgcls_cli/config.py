@@ -273,6 +273,9 @@ class Config(Frozen):
         if self.train.method in ("crt", "lws") and not self.train.init_from:
             raise ValueError(f"--method {self.train.method} is a second stage: give the stage-1 checkpoint"
                              " with --init-from")
+        if self.train.init_from and self.train.method not in ("crt", "lws"):
+            raise ValueError(f"--init-from is the stage-1 checkpoint of --method crt|lws; --method {self.train.method}"
+                             " would ignore it (to start from its weights use --weights FILE)")
         if self.train.method == "bbn" and mixing:
             raise ValueError("--method bbn mixes its own two samplers; Mixup/CutMix are not supported with it")
         if self.train.method == "wsdan" and mixing:

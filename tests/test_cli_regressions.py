@@ -98,3 +98,10 @@ def test_pack_size_without_raw_mode_is_refused(tmp_path: Path) -> None:
     out = tmp_path / "d.h5"
     _one_line(runner.invoke(app, ["pack", "digits", str(out), "--size", "64"]), "--size", "--mode raw")
     assert not out.exists()
+
+
+@pytest.mark.parametrize("method", ["standard", "bbn", "wsdan"])
+def test_init_from_outside_decoupling_is_refused(method: str) -> None:
+    """--init-from is read by cRT/LWS only; other methods trained from scratch without a word."""
+    _one_line(runner.invoke(app, ["train", "--method", method, "--init-from", "stage1.pt"]),
+              "--init-from", "--method crt|lws", "--weights")
