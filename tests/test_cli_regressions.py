@@ -105,3 +105,15 @@ def test_init_from_outside_decoupling_is_refused(method: str) -> None:
     """--init-from is read by cRT/LWS only; other methods trained from scratch without a word."""
     _one_line(runner.invoke(app, ["train", "--method", method, "--init-from", "stage1.pt"]),
               "--init-from", "--method crt|lws", "--weights")
+
+
+def test_run_without_validation_split_reports_no_top1(tiny_folder: Path, tmp_path: Path) -> None:
+    """The closing line printed the sentinel: 'best val top-1 -1.00% (epoch -1)'."""
+    import shutil
+
+    shutil.rmtree(tiny_folder / "val")
+    r = runner.invoke(app, ["train", "--data", str(tiny_folder), "--backbone", "resnet20", "--img-size", "16",
+                            "--epochs", "1", "--workers", "0", "--no-progress", "--out", str(tmp_path / "r")])
+    assert r.exit_code == 0, r.output
+    assert "-1.00%" not in r.output and "epoch -1" not in r.output
+    assert "no validation split" in r.output and (tmp_path / "r" / "best.pt").is_file()

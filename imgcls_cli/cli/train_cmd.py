@@ -150,7 +150,10 @@ def train_command(
     res = train(cfg, console=console)
     from ..engine import distributed as dist
 
-    if dist.is_main():
+    if dist.is_main() and res.best_epoch < 0:  # nothing was evaluated: best.pt is the last epoch
+        stdout.print(f"no validation split (val/ or test/), so no val top-1; best.pt is the last epoch;"
+                     f" run directory: {res.run_dir}")
+    elif dist.is_main():
         stdout.print(f"best val top-1 {res.best_top1:.2f}% (epoch {res.best_epoch}); run directory: {res.run_dir}")
 
 
