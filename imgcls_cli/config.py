@@ -273,6 +273,9 @@ class Config(Frozen):
         if self.train.method in ("crt", "lws") and not self.train.init_from:
             raise ValueError(f"--method {self.train.method} is a second stage: give the stage-1 checkpoint"
                              " with --init-from")
+        if self.train.init_from and self.train.method not in ("crt", "lws"):
+            raise ValueError(f"--init-from is the stage-1 checkpoint of --method crt|lws; --method {self.train.method}"
+                             " would ignore it (to start from its weights use --weights FILE)")
         if self.train.method == "bbn" and mixing:
             raise ValueError("--method bbn mixes its own two samplers; Mixup/CutMix are not supported with it")
         if self.train.method == "wsdan" and mixing:
@@ -308,8 +311,15 @@ class Config(Frozen):
 def _set_dotted(d: dict[str, Any], key: str, value: Any) -> None:
     parts = key.split(".")
     node = d
-    for p in parts[:-1]:
-        node = node.setdefault(p, {})
+    for i, p in enumerate(parts[:-1]):
+        child = node.get(p)
+        if child is None:  # absent, or a YAML section left empty (`optim:` with its keys commented out)
+            child = node[p] = {}
+        elif not isinstance(child, dict):
+            where = ".".join(parts[:i + 1])
+            raise ImgclsError(f"{where}: is {child!r}, not a section (a mapping of keys), so {key} cannot be set"
+                              f" in it; write {where} as a section with {parts[i + 1]} indented below it")
+        node = child
     node[parts[-1]] = value
 
 
@@ -347,8 +357,11 @@ def load_config(path: str | Path, overrides: dict[str, Any] | None = None) -> Co
         raise ImgclsError(f"--config {p}: not valid YAML ({str(e).splitlines()[0]})") from None
     if not isinstance(d, dict):
         raise ImgclsError(f"--config {p}: expected a mapping of sections (data, model, ...)")
-    for key, value in (overrides or {}).items():
-        _set_dotted(d, key, value)
+    try:
+        for key, value in (overrides or {}).items():
+            _set_dotted(d, key, value)
+    except ImgclsError as e:
+        raise ImgclsError(f"{p}: {e}") from None
     return config_from_dict(d, source=str(p))
 
 

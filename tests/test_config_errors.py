@@ -35,6 +35,7 @@ OPTION_CASES = {
     "negative lr": (["--lr", "-1"], ["optim.lr"]),
     "bad --set key": (["--set", "optim.momentun=0.9"], ["optim.momentun", "unknown key"]),
     "bad --set syntax": (["--set", "optim.momentum"], ["--set", "KEY=VALUE"]),
+    "bad --set yaml value": (["--set", "optim.milestones=[1,2"], ["--set", "optim.milestones", "YAML"]),
     "bad milestones": (["--milestones", "a,b"], ["--milestones"]),
     "missing config": (["--config", "nope.yaml"], ["--config", "nope.yaml"]),
     "missing data": (["--data", "no/such/dir", "--epochs", "1"], ["--data", "no/such/dir"]),
@@ -64,3 +65,29 @@ def test_bad_options(case: str) -> None:
     args, needles = OPTION_CASES[case]
     _check(runner.invoke(app, ["train", *args]), needles)
 
+
+
+# a section written as a scalar, or left empty, and an option that sets a key inside it
+YAML_WITH_OPTION_CASES = {
+    "scalar section": ("data: digits\n", ["--img-size", "16"], ["data", "data.img_size", "mapping"]),
+    "scalar under a section": ("model:\n  backbone: resnet20\n", ["--set", "model.backbone.depth=3"],
+                               ["model.backbone", "mapping"]),
+}
+
+
+@pytest.mark.parametrize("case", list(YAML_WITH_OPTION_CASES))
+def test_bad_yaml_section_with_option(case: str, tmp_path: Path) -> None:
+    body, args, needles = YAML_WITH_OPTION_CASES[case]
+    f = tmp_path / "bad.yaml"
+    f.write_text(body)
+    _check(runner.invoke(app, ["train", "--config", str(f), *args]), [str(f), *needles])
+
+
+def test_empty_yaml_section_takes_an_option(tmp_path: Path) -> None:
+    """`optim:` with every key commented out is an empty section: --lr fills it (was a TypeError)."""
+    from imgcls_cli.config import load_config
+
+    f = tmp_path / "empty_section.yaml"
+    f.write_text("optim:\n  # lr: 0.1\nmodel:\n  backbone: resnet20\n")
+    cfg = load_config(f, {"optim.lr": 0.05, "train.epochs": 1})
+    assert cfg.optim.lr == 0.05 and cfg.model.backbone == "resnet20"

@@ -18,6 +18,7 @@ from imgcls_cli.errors import ImgclsError
 from imgcls_cli.export import check_exportable, export_model, read_metadata
 from imgcls_cli.export.onnx import FixedAdaptiveAvgPool
 from imgcls_cli.methods import build_task_model
+from imgcls_cli.methods.base import Task
 from imgcls_cli.models.build import build_model
 from imgcls_cli.registry import ATTENTION, BACKBONES, HEADS, METHODS
 
@@ -166,3 +167,15 @@ def test_bad_options_exit_2(tmp_path: Path) -> None:
                          (["export", "missing.pt"], "missing.pt")):
         r = runner.invoke(app, args)
         assert r.exit_code == 2 and needle in r.output and "Traceback" not in r.output, (args, r.output)
+
+
+@pytest.mark.parametrize("fmt", FORMATS)
+def test_every_exportable_method_exports(fmt: str, tmp_path: Path) -> None:
+    """A forward with optional arguments (BBN's x2 and alpha) must export with `images` as its only input."""
+    from imgcls_cli.export import export_checkpoint
+
+    for method in [m for m in METHODS.names() if METHODS.get(m).eval_logits is Task.eval_logits]:
+        extra = {"train.init_from": "stage1.pt"} if method in ("crt", "lws") else {}
+        ckpt = make_checkpoint(tmp_path / f"{method}.pt", img_size=16, **{"train.method": method, **extra})
+        rep = export_checkpoint(ckpt, fmt, tmp_path / f"{method}.{fmt}")
+        assert set(rep.max_abs_err) == {1, 2, 7}, method

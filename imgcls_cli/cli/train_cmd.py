@@ -41,21 +41,27 @@ def _parse_set(items: list[str]) -> dict[str, Any]:
         key, sep, val = it.partition("=")
         if not sep or not key:
             raise ImgclsError(f"--set {it!r}: expected KEY=VALUE with a dotted key, e.g. optim.momentum=0.95")
-        res[key.strip()] = yaml.safe_load(val)
+        try:
+            res[key.strip()] = yaml.safe_load(val)
+        except yaml.YAMLError as e:
+            reason = getattr(e, "problem", None) or str(e).splitlines()[0]
+            raise ImgclsError(f"--set {it!r}: the value is not valid YAML ({reason}); quote a string value,"
+                              f" e.g. --set 'data.path=\"my dir\"', or give a list as [1, 2]") from None
     return res
 
 
-def _base_for_resume(resume: str) -> dict[str, Any] | None:
+def _base_for_resume(resume: str, ov: dict[str, Any]) -> dict[str, Any]:
     """A resumed run starts from the checkpoint's own config (options given now override it)."""
-    from ..engine.checkpoint import read_checkpoint
-    from ..engine.state import newest_valid_checkpoint
+    from types import SimpleNamespace
 
-    p = Path(resume)
-    if resume == "auto":
-        return None
-    if p.is_dir():
-        p = newest_valid_checkpoint(p) or p / "last.pt"
-    return read_checkpoint(p)["config"]
+    from ..engine.checkpoint import read_checkpoint
+    from ..engine.state import resume_path
+
+    where = SimpleNamespace(resume=resume, out=ov.get("train.out"), runs_dir=ov.get("train.runs_dir", "runs"))
+    cfg = read_checkpoint(resume_path(SimpleNamespace(train=where)))["config"]  # a file, a run folder, or auto
+    # where the run lived then: it continues in the checkpoint's folder unless --out/--name is given now
+    cfg.get("train", {}).update(out=None, name=None)
+    return cfg
 
 
 def train_command(
@@ -127,7 +133,7 @@ def train_command(
             raise ImgclsError(f"--milestones {milestones!r}: expected comma-separated epochs, e.g. 120,160") from None
     ov = overrides_from(OPTION_PATHS, values)
     ov.update(_parse_set(set_ or []))
-    base = _base_for_resume(resume) if resume and config is None else None
+    base = _base_for_resume(resume, ov) if resume and config is None else None
     if base is not None:
         for k, v in ov.items():
             _set_dotted(base, k, v)
@@ -144,7 +150,10 @@ def train_command(
     res = train(cfg, console=console)
     from ..engine import distributed as dist
 
-    if dist.is_main():
+    if dist.is_main() and res.best_epoch < 0:  # nothing was evaluated: best.pt is the last epoch
+        stdout.print(f"no validation split (val/ or test/), so no val top-1; best.pt is the last epoch;"
+                     f" run directory: {res.run_dir}")
+    elif dist.is_main():
         stdout.print(f"best val top-1 {res.best_top1:.2f}% (epoch {res.best_epoch}); run directory: {res.run_dir}")
 
 

@@ -203,6 +203,9 @@ def pack_folder(src: str | Path, out_h5: str | Path, mode: str = "encoded", size
     mode = MODES[mode]
     if mode == "resized" and (size is None or size < 8):
         raise DataError("--size: --mode raw stores square uint8 arrays and needs --size N (N >= 8)")
+    if mode == "encoded" and size is not None:
+        raise DataError(f"--size {size}: only --mode raw resizes; --mode encoded keeps each file's bytes and size"
+                        f" (valid: --mode raw --size {size}, or no --size)")
     out = Path(out_h5)
     if out.suffix.lower() not in (".h5", ".hdf5"):
         raise DataError(f"OUT {out}: a pack must end in .h5 or .hdf5")

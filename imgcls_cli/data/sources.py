@@ -183,6 +183,8 @@ def open_data(cfg: Any) -> DataBundle:
         else:
             raise DataError(f"--data {path}: no such folder or file (give an image-folder tree, an .h5 pack, "
                             f"or one of: digits, cifar10, cifar100)")
+    if cfg.val_split and cfg.val_split != bundle.val_split:  # fixed held-out splits (digits: val, cifar: test)
+        raise DataError(f"--split {cfg.val_split}: {path} has one held-out split (valid: {bundle.val_split})")
     if cfg.imbalance_ratio or cfg.max_train_per_class:
         from .longtail import longtail_indices
 

@@ -129,3 +129,31 @@ def resume_path(cfg: Any) -> Path:
             raise ImgclsError(f"--resume {p}: no loadable checkpoint in this folder")
         p = found
     return p
+
+
+def check_resumable(st: dict[str, Any] | None, cfg: Any, class_names: list[str], path: Path | None) -> None:
+    """A resumed run keeps its model, method and classes; options given now may change the rest (epochs, lr)."""
+    from ..errors import ImgclsError
+
+    if st is None:
+        return
+    saved = st.get("config") or {}
+    now = cfg.to_dict()
+    shape = [k for k in now["model"] if k not in ("pretrained", "weights")]  # those only initialise a new run
+    for section, keys in (("model", shape), ("train", ["method"])):
+        for k in keys:
+            if k in saved.get(section, {}) and saved[section][k] != now[section][k]:
+                raise ImgclsError(f"--resume {path}: {section}.{k} is {saved[section][k]!r} in the checkpoint, "
+                                  f"{now[section][k]!r} now; a resumed run keeps its model (start a new run with"
+                                  f" --weights {path} to reuse the weights)")
+    if list(st.get("class_names", class_names)) != list(class_names):
+        raise ImgclsError(f"--resume {path}: the checkpoint has {len(st['class_names'])} classes, --data"
+                          f" {cfg.data.path} has {len(class_names)} (or other names); resume on the run's own data")
+
+
+def resume_checkpoint(cfg: Any) -> tuple[Path | None, dict[str, Any] | None]:
+    """(path, contents) of the checkpoint `--resume` names, or (None, None) for a new run."""
+    if not cfg.train.resume:
+        return None, None
+    p = resume_path(cfg)
+    return p, read_checkpoint(p)

@@ -21,7 +21,6 @@ from ..config import Config
 from ..errors import ImgclsError
 from ..methods import task_class
 from . import distributed as dist
-from .checkpoint import read_checkpoint
 from .device import autocast, place_model, resolve_device, setup_backends
 from .ema import ModelEma
 from .epochs import EpochBatches
@@ -39,7 +38,7 @@ from .optim import build_optimizer, build_scheduler, param_groups
 from .progress import TrainProgress, cpu_seconds, epoch_line
 from .rundir import append_jsonl, make_run_dir, mark_latest
 from .setup import open_and_resolve, second_stream, setup_data
-from .state import build_checkpoint, restore_rng, resume_path, save_run_checkpoint
+from .state import build_checkpoint, check_resumable, restore_rng, resume_checkpoint, save_run_checkpoint
 from .step_guard import StepGuard
 
 
@@ -81,8 +80,9 @@ class Trainer:
             torch.cuda.set_device(self.device)
         setup_backends(self.device, cfg.train.deterministic, cfg.train.fuse_attention)
         torch.manual_seed(cfg.train.seed)
-        self.resume_state = read_checkpoint(resume_path(cfg)) if cfg.train.resume else None
+        self.resume_from, self.resume_state = resume_checkpoint(cfg)
         cfg, bundle = open_and_resolve(cfg, self.device)
+        check_resumable(self.resume_state, cfg, bundle.class_names, self.resume_from)
         self.cfg, self.bundle = cfg, bundle
         self.data = setup_data(cfg, bundle, self.device)
         self.class_counts = bundle.class_counts()
@@ -131,7 +131,7 @@ class Trainer:
             self.mixer = Mixer(cfg.aug, bundle.num_classes)
         self.start_epoch, self.position, self.best, self.best_epoch = 0, 0, -1.0, -1
         self.global_step = 0
-        self.run_dir = make_run_dir(cfg, resuming=self.resume_state is not None) if dist.is_main() else None
+        self.run_dir = make_run_dir(cfg, self.resume_from) if dist.is_main() else None
         self.bad_reported: set[str] = set()  # by reason text (it names the file): indices repeat across splits
         self.stop_signal: int | None = None
         if self.resume_state is not None:

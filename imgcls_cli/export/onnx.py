@@ -70,6 +70,18 @@ def replace_uneven_pools(model: nn.Module, example: torch.Tensor) -> int:
     return swapped
 
 
+class ImagesOnly(nn.Module):
+    """`forward(images)` only: the TorchScript-based exporter turns a forward's optional arguments (BBN's
+    `x2=None, alpha=0.5`) into extra graph inputs that a caller feeding `images` cannot supply."""
+
+    def __init__(self, model: nn.Module):
+        super().__init__()
+        self.model = model
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        return self.model(images)  # (B, 3, S, S) -> (B, C)
+
+
 class OnnxExporter(Exporter):
     suffix = ".onnx"
 
@@ -78,7 +90,9 @@ class OnnxExporter(Exporter):
         import onnx
 
         replace_uneven_pools(model, example)
-        torch.onnx.export(model, (example,), str(out), dynamo=False, input_names=["images"], output_names=["logits"],
+        # eval(): the exporter restores the wrapper's mode afterwards, recursively, and verify() runs `model`
+        torch.onnx.export(ImagesOnly(model).eval(), (example,), str(out), dynamo=False, input_names=["images"],
+                          output_names=["logits"],
                           dynamic_axes={"images": {0: "batch"}, "logits": {0: "batch"}},
                           opset_version=opset or DEFAULT_OPSET, do_constant_folding=True)
         proto = onnx.load(str(out))

@@ -1,0 +1,119 @@
+"""Regressions found by exercising the CLI as a new user: each bad input or surprising setting is refused
+in one line with exit status 2, or does what the README says."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+from typer.testing import CliRunner
+
+import imgcls_cli as ic
+from imgcls_cli.cli.app import app
+from imgcls_cli.config import DataConfig
+from imgcls_cli.data.sources import open_data
+from imgcls_cli.errors import DataError
+
+from .conftest import quick_overrides
+
+runner = CliRunner()
+
+
+def _one_line(result, *needles: str) -> str:
+    text = result.output.strip()
+    assert result.exit_code == 2, text
+    assert "Traceback" not in text and len(text.splitlines()) == 1, text
+    for n in needles:
+        assert n in text, f"{n!r} not in {text!r}"
+    return text
+
+
+# ---------------------------------------------------------------- --split of a fixed-split data set
+@pytest.mark.parametrize("split", ["test", "train", "foo"])
+def test_digits_split_other_than_val_is_refused(split: str) -> None:
+    """digits has one held-out split, `val`; --split test used to evaluate `val` and label it `test`."""
+    with pytest.raises(DataError, match=f"--split {split}"):
+        open_data(DataConfig(path="digits", val_split=split))
+    assert open_data(DataConfig(path="digits", val_split="val")).val_split == "val"
+    _one_line(runner.invoke(app, ["train", "--split", split]), f"--split {split}", "valid: val")
+    assert not Path("runs").exists()
+
+
+def test_eval_split_of_digits_checkpoint(tmp_path: Path) -> None:
+    res = ic.train(**quick_overrides(**{"train.out": str(tmp_path / "r"), "data.img_size": 16,
+                                        "train.steps_per_epoch": 1}))
+    _one_line(runner.invoke(app, ["eval", str(res.run_dir), "--split", "test"]), "--split test", "valid: val")
+    assert not (Path(res.run_dir) / "eval_test").exists()
+
+
+# ---------------------------------------------------------------- --resume
+def _quick(**extra: object) -> dict[str, object]:
+    return quick_overrides(**{"data.img_size": 16, "train.steps_per_epoch": 1, **extra})
+
+
+def _epochs(run: Path) -> list[int]:
+    return [json.loads(x)["epoch"] for x in (run / "metrics.jsonl").read_text().splitlines()]
+
+
+@pytest.mark.parametrize("how", ["runs/latest", "auto"])
+def test_resume_of_a_default_run_continues_in_its_folder(how: str) -> None:
+    """README: `imgcls train --resume runs/latest` continues a run; it used to start a new timestamped folder
+    without best.pt (and `--resume auto` rebuilt the model from the default options: a traceback)."""
+    ic.train(**_quick())
+    r = runner.invoke(app, ["train", "--resume", how, "--epochs", "2", "--no-progress"])
+    assert r.exit_code == 0, r.output
+    runs = [p for p in Path("runs").iterdir() if p.is_dir() and not p.is_symlink()]
+    assert len(runs) == 1, runs
+    assert _epochs(runs[0]) == [1, 2] and (runs[0] / "best.pt").is_file()
+
+
+def test_resume_never_overwrites_another_run_or_newer_checkpoints(tmp_path: Path) -> None:
+    a, b = tmp_path / "a", tmp_path / "b"
+    ic.train(**_quick(**{"train.out": str(a), "train.epochs": 2}))
+    ic.train(**_quick(**{"train.out": str(b)}))
+    before = (b / "last.pt").read_bytes()
+    _one_line(runner.invoke(app, ["train", "--resume", str(a), "--epochs", "3", "--out", str(b)]),
+              f"--out {b}", "another run")
+    assert (b / "last.pt").read_bytes() == before and _epochs(b) == [1]
+    _one_line(runner.invoke(app, ["train", "--resume", str(a / "epoch_001.pt"), "--epochs", "3"]),
+              "newer checkpoint (last.pt)")
+    assert _epochs(a) == [1, 2]
+
+
+def test_resume_with_another_model_or_classes_is_refused(tmp_path: Path, tiny_folder: Path) -> None:
+    """Was a load_state_dict RuntimeError traceback."""
+    a = tmp_path / "a"
+    ic.train(**_quick(**{"train.out": str(a)}))
+    _one_line(runner.invoke(app, ["train", "--resume", str(a), "--epochs", "2", "--backbone", "resnet32"]),
+              "model.backbone", "resnet20", "resnet32")
+    _one_line(runner.invoke(app, ["train", "--resume", str(a), "--epochs", "2", "--data", str(tiny_folder)]),
+              "10 classes", "has 3")
+    assert _epochs(a) == [1]
+
+
+# ---------------------------------------------------------------- options that would be silently ignored
+def test_pack_size_without_raw_mode_is_refused(tmp_path: Path) -> None:
+    """--size only applies to --mode raw; an encoded pack kept the original sizes without a word."""
+    out = tmp_path / "d.h5"
+    _one_line(runner.invoke(app, ["pack", "digits", str(out), "--size", "64"]), "--size", "--mode raw")
+    assert not out.exists()
+
+
+@pytest.mark.parametrize("method", ["standard", "bbn", "wsdan"])
+def test_init_from_outside_decoupling_is_refused(method: str) -> None:
+    """--init-from is read by cRT/LWS only; other methods trained from scratch without a word."""
+    _one_line(runner.invoke(app, ["train", "--method", method, "--init-from", "stage1.pt"]),
+              "--init-from", "--method crt|lws", "--weights")
+
+
+def test_run_without_validation_split_reports_no_top1(tiny_folder: Path, tmp_path: Path) -> None:
+    """The closing line printed the sentinel: 'best val top-1 -1.00% (epoch -1)'."""
+    import shutil
+
+    shutil.rmtree(tiny_folder / "val")
+    r = runner.invoke(app, ["train", "--data", str(tiny_folder), "--backbone", "resnet20", "--img-size", "16",
+                            "--epochs", "1", "--workers", "0", "--no-progress", "--out", str(tmp_path / "r")])
+    assert r.exit_code == 0, r.output
+    assert "-1.00%" not in r.output and "epoch -1" not in r.output
+    assert "no validation split" in r.output and (tmp_path / "r" / "best.pt").is_file()
