@@ -6,9 +6,10 @@ priority order (each is skipped when it would start after --budget seconds, so o
 always returns the most important numbers); the attention sections live in gpu_attn.py:
   step      torchvision resnet50 eager loop vs imgcls's default step (uint8 -> on-device normalise ->
             Task.train_step -> device-side finite check -> fused SGD); every imgcls step below is that one
-  micro     attention gates alone, fused as in training, vs the plain block tail; picks CBAM's spatial form
-  attn      imgcls resnet50 + se/cbam (both spatial forms)/coord (fused gates) / nonlocal, eager, cost vs plain
-  attn_profile    CUDA kernels of each fused gate on the largest block shape
+  micro     attention block tails alone (bn3 -> gate -> add -> ReLU), fused as in training, vs the plain tail;
+            picks each gate's form (CBAM's spatial conv; bn3 inside the fused region or not)
+  attn      imgcls resnet50 + se/cbam/coord (fused gates, each form) / nonlocal, eager, cost vs plain
+  attn_profile    CUDA kernels of each block tail on the largest block shape
   e2e       JPEG files -> GPU training at 448 px, batch 64: `imgcls train` vs an ImageFolder + PIL loop,
             all cores as workers, over .bench_data/cub_subset repeated x16 (symlinks), vs synthetic;
             imgcls with data.decode=workers (the default) and data.decode=device (nvJPEG)
@@ -204,7 +205,7 @@ def cam() -> None:
 # (micro compiles the four gate kinds for the attn section, which then reuses the graphs; CBAM's stencil form is a
 # 98-term graph, slower to compile; max-autotune compiles for minutes).  One device call of --budget 560 returns
 # step, micro, attn, attn_profile, e2e and, time allowing, guard.
-SECTIONS = [(step, 40), (micro, 200), (attn, 60), (attn_profile, 20), (e2e, 140), (guard, 60), (compiled, 120),
+SECTIONS = [(step, 40), (micro, 240), (attn, 90), (attn_profile, 25), (e2e, 140), (guard, 60), (compiled, 120),
             (compiled_modes, 300), (cudagraphs, 70), (e2e_fewcores, 150), (attn_compiled, 330), (timm_refs, 30),
             (cam, 15), (attn_mobilenet, 120)]
 only = set(filter(None, args.only.split(",")))

@@ -127,8 +127,10 @@ def test_cpu_without_forcing_stays_eager(monkeypatch) -> None:
 
 
 @pytest.mark.slow
-def test_fused_path_with_inductor_codegen(monkeypatch) -> None:
-    """The real code generator (C++ on the CPU; Triton on CUDA uses the same graphs)."""
+@pytest.mark.parametrize("fuse_norm", [False, True])
+def test_fused_path_with_inductor_codegen(fuse_norm: bool, monkeypatch) -> None:
+    """The real code generator (C++ on the CPU; Triton on CUDA uses the same graphs), with and without the
+    block's BN in the region (Inductor's own batch-norm lowering, running statistics included)."""
     pytest.importorskip("torch._inductor")
     import shutil
 
@@ -137,6 +139,7 @@ def test_fused_path_with_inductor_codegen(monkeypatch) -> None:
     monkeypatch.setattr(fused, "_BACKEND", "inductor")
     monkeypatch.setattr(fused, "_use_fused", lambda attn, x: isinstance(attn, fused.FusableGate) and attn.training
                         and torch.is_grad_enabled() and not torch.compiler.is_compiling())
+    monkeypatch.setattr(CBAM, "fuse_norm", fuse_norm)
     torch.manual_seed(0)
     block = ic.build_model("resnet18", num_classes=4, attn="cbam").train()
     ref_model = copy.deepcopy(block)
@@ -177,3 +180,39 @@ def test_fused_cbam_stencil_equals_the_eager_conv(monkeypatch) -> None:
     monkeypatch.setattr(CBAM, "spatial", "stencil")
     got = _train_step(model, x, y)
     _assert_same(got, ref, 1e-4)
+
+
+@pytest.mark.parametrize(("backbone", "attn"), [("resnet18", "se"), ("resnet18", "cbam"), ("resnet18", "coord"),
+                                                ("resnet50", "cbam")])
+def test_block_norm_inside_the_fused_region_equals_eager(backbone: str, attn: str, monkeypatch) -> None:
+    """`fuse_norm`: the block's last BN (bn2 of a basic block, bn3 of a bottleneck) runs in the gate's region;
+    outputs, gradients and running statistics stay those of the eager block."""
+    monkeypatch.setattr(fused, "_BACKEND", "aot_eager")
+    cls = type(ic.build_model(backbone, num_classes=4, attn=attn).layer1[0].attn)
+    monkeypatch.setattr(cls, "fuse_norm", True)
+    calls = []
+    real = fused._compiled
+    monkeypatch.setattr(fused, "_compiled", lambda fn, backend: calls.append(fn.__name__) or real(fn, backend))
+    torch.manual_seed(0)
+    model = ic.build_model(backbone, num_classes=4, attn=attn).train()
+    for m in model.modules():
+        if isinstance(m, CBAM):
+            torch.nn.init.normal_(m.bn.weight, 1.0, 0.2)
+    x, y = torch.randn(4, 3, 64, 64), torch.tensor([0, 2, 1, 3])
+    ref = _eager_step(copy.deepcopy(model), x, y)
+    assert calls == []
+    got = _train_step(model, x, y)
+    assert set(calls) == {"_residual_norm"}
+    _assert_same(got, ref, 1e-4)
+
+
+def test_sync_batchnorm_stays_outside_the_region(monkeypatch) -> None:
+    monkeypatch.setattr(fused, "_BACKEND", "aot_eager")
+    monkeypatch.setattr(SqueezeExcitation, "fuse_norm", True)
+    calls = []
+    monkeypatch.setattr(fused, "_compiled", lambda fn, backend: calls.append(fn.__name__) or fn)
+    block = ic.build_model("resnet18", num_classes=3, attn="se").layer1[0].train()
+    block.bn2 = torch.nn.SyncBatchNorm(block.bn2.num_features)  # as convert_sync_batchnorm leaves it
+    block.bn2.forward = lambda t: t  # (SyncBatchNorm needs a process group; its type is what matters here)
+    block(torch.randn(2, 64, 8, 8))
+    assert calls == ["_residual"]

@@ -6,7 +6,9 @@ feature maps.  Eager PyTorch writes every intermediate (pooled maps, gate produc
 max-pool backward) to memory and reads it back; on an H200 that made SE cost 31 % and CBAM 63 % of
 ResNet-50's training throughput (the same as timm's modules).  Compiling the gate region alone
 (regional compilation) lets Inductor fuse the scale, the residual add and the ReLU into one pass
-forward and a few passes backward, while the rest of the model stays eager.
+forward and a few passes backward, while the rest of the model stays eager.  A gate class with
+`fuse_norm` also takes the block's last BatchNorm into its region (the conv output goes in; the
+normalised map is computed on the fly instead of being written and read back).
 
 When it applies: CUDA tensors, the module in training mode, autograd on, Triton available, and not
 already inside an outer `torch.compile` (then the outer graph fuses it anyway).  Everywhere else
@@ -72,16 +74,29 @@ def _use_fused(attn: nn.Module, x: torch.Tensor) -> bool:
     return (x.is_cuda and _triton_ok()) or _BACKEND != "inductor"
 
 
-def residual(attn: nn.Module, x: torch.Tensor, identity: torch.Tensor) -> torch.Tensor:
-    """relu(attn(x) + identity), fused where possible.  x, identity: (B, C, H, W)."""
+def _residual_norm(attn: nn.Module, bn: nn.Module, x: torch.Tensor, identity: torch.Tensor) -> torch.Tensor:
+    return torch.relu(_gate(attn, bn(x)) + identity)  # the block's last BN inside the region too
+
+
+def residual(attn: nn.Module, x: torch.Tensor, identity: torch.Tensor, bn: nn.Module | None = None) -> torch.Tensor:
+    """relu(attn(bn(x)) + identity), fused where possible.  x: (B, C, H, W), the last conv's output when `bn` is
+    given (else the branch after its BN); identity: (B, C, H, W).  With the gate class's `fuse_norm` the BN runs
+    inside the region (a plain nn.BatchNorm2d only: SyncBatchNorm communicates and stays eager)."""
     if _use_fused(attn, x):
-        return _compiled(_residual, _BACKEND)(attn, x, identity)
-    return torch.relu(attn(x) + identity)
+        if bn is not None and attn.fuse_norm and type(bn) is nn.BatchNorm2d:
+            return _compiled(_residual_norm, _BACKEND)(attn, bn, x, identity)
+        return _compiled(_residual, _BACKEND)(attn, x if bn is None else bn(x), identity)
+    return torch.relu(attn(x if bn is None else bn(x)) + identity)
 
 
 class FusableGate(nn.Module, abc.ABC):
     """Base of SE, CBAM and CA: `gate_forward` is the eager maths; `forward` runs it as a compiled region
     where `_use_fused` allows (so the gate is fused wherever the module sits: ResNet, VGG, MobileNet)."""
+
+    #: ResNet blocks: also run the block's last BatchNorm inside the fused region, so that its normalisation
+    #: is computed on the fly by the gate's kernels instead of being written out and read back (one class
+    #: attribute per gate kind; benchmarks/gpu.py measures both and the faster one becomes the default)
+    fuse_norm: bool = False
 
     @abc.abstractmethod
     def gate_forward(self, x: torch.Tensor) -> torch.Tensor:

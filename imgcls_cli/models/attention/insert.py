@@ -40,9 +40,9 @@ class AttnBasicBlock(BasicBlock):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         out = self.relu(self.bn1(self.conv1(x)))
-        out = self.bn2(self.conv2(out))
+        out = self.conv2(out)
         identity = x if self.downsample is None else self.downsample(x)
-        return fused.residual(self.attn, out, identity)  # relu(attn(out) + identity), fused on CUDA
+        return fused.residual(self.attn, out, identity, self.bn2)  # relu(attn(bn2(out)) + identity), fused on CUDA
 
 
 class AttnBottleneck(Bottleneck):
@@ -51,9 +51,9 @@ class AttnBottleneck(Bottleneck):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         out = self.relu(self.bn1(self.conv1(x)))
         out = self.relu(self.bn2(self.conv2(out)))
-        out = self.bn3(self.conv3(out))
+        out = self.conv3(out)
         identity = x if self.downsample is None else self.downsample(x)
-        return fused.residual(self.attn, out, identity)  # relu(attn(out) + identity), fused on CUDA
+        return fused.residual(self.attn, out, identity, self.bn3)  # relu(attn(bn3(out)) + identity), fused on CUDA
 
 
 class _ThenAttn(nn.Module):
