@@ -117,3 +117,21 @@ def test_run_without_validation_split_reports_no_top1(tiny_folder: Path, tmp_pat
     assert r.exit_code == 0, r.output
     assert "-1.00%" not in r.output and "epoch -1" not in r.output
     assert "no validation split" in r.output and (tmp_path / "r" / "best.pt").is_file()
+
+
+# ---------------------------------------------------------------- eval --data of another tree
+def test_eval_on_other_data_uses_its_own_held_out_split(tiny_folder: Path, tmp_path: Path) -> None:
+    """Without --split, `eval --data OTHER` kept the checkpoint's split name: a tree with only test/ failed
+    with '--split val ... does not exist' although no --split was given."""
+    import shutil
+
+    run = tmp_path / "r"
+    ic.train(**_quick(**{"data.path": str(tiny_folder), "train.out": str(run)}))
+    other = tmp_path / "other"
+    shutil.copytree(tiny_folder / "train", other / "train")
+    shutil.copytree(tiny_folder / "val", other / "test")
+    r = runner.invoke(app, ["eval", str(run), "--data", str(other), "--workers", "0", "--device", "cpu",
+                            "--json", str(tmp_path / "m.json")])
+    assert r.exit_code == 0, r.output
+    assert json.loads((tmp_path / "m.json").read_text())["split"] == "test"
+    _one_line(runner.invoke(app, ["eval", str(run), "--data", str(other), "--split", "val"]), "--split val")

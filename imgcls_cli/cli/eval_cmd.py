@@ -14,7 +14,8 @@ from .common import console, handle_errors, out
 def eval_command(
     checkpoint: Path = typer.Argument(..., help="Checkpoint (.pt) or run directory (uses best.pt)."),
     data: str = typer.Option(None, help="Data to evaluate on [default: the checkpoint's]."),
-    split: str = typer.Option(None, help="Split folder: val|test [default: the checkpoint's]."),
+    split: str = typer.Option(None, help="Split folder: val|test [default: the checkpoint's; with --data,"
+                              " that data's val/, else test/]."),
     json_path: Path = typer.Option(None, "--json", help="Write the metrics as JSON here."),
     out_dir: Path = typer.Option(None, "--out", help="Folder for confusion.csv/png [default: next to the checkpoint]."),
     batch_size: int = typer.Option(None, help="Evaluation batch size."),
