@@ -135,3 +135,18 @@ def test_eval_on_other_data_uses_its_own_held_out_split(tiny_folder: Path, tmp_p
     assert r.exit_code == 0, r.output
     assert json.loads((tmp_path / "m.json").read_text())["split"] == "test"
     _one_line(runner.invoke(app, ["eval", str(run), "--data", str(other), "--split", "val"]), "--split val")
+
+
+# ---------------------------------------------------------------- --init-from RUN_DIR
+def test_init_from_accepts_a_run_folder(tmp_path: Path) -> None:
+    """eval, cam and export take a run folder (its best.pt); --init-from refused one as 'file not found'."""
+    s1 = tmp_path / "s1"
+    ic.train(**_quick(**{"train.out": str(s1)}))
+    args = ["train", "--method", "crt", "--backbone", "resnet20", "--img-size", "16", "--epochs", "1",
+            "--workers", "0", "--no-progress", "--device", "cpu", "--set", "train.steps_per_epoch=1"]
+    r = runner.invoke(app, [*args, "--init-from", str(s1), "--out", str(tmp_path / "s2")])
+    assert r.exit_code == 0, r.output
+    assert (tmp_path / "s2" / "best.pt").is_file()
+    (tmp_path / "empty").mkdir()
+    _one_line(runner.invoke(app, [*args, "--init-from", str(tmp_path / "empty"), "--out", str(tmp_path / "s3")]),
+              "--init-from", "without best.pt")

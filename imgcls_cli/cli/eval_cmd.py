@@ -25,12 +25,12 @@ def eval_command(
     classifier: str = typer.Option("default", "--classifier", help="default|ncm (nearest class mean)."),
 ) -> None:
     """Evaluate a checkpoint: top-1, top-5, per-class accuracy and the confusion matrix."""
+    from ..engine.checkpoint import checkpoint_file
     from ..engine.eval_api import evaluate_checkpoint
     from ..errors import ImgclsError
     from ..viz.plots import confusion_csv, confusion_png, per_class_vs_frequency_png
 
-    if checkpoint.is_dir():
-        checkpoint = checkpoint / "best.pt"
+    checkpoint = checkpoint_file(checkpoint)
     transform, extra = None, {}
     if tau_norm is not None or classifier != "default":
         try:

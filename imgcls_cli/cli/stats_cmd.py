@@ -102,9 +102,10 @@ def stats_command(
         for opt, val in (("--histogram", histogram), ("--preview", preview), ("--imbalance-ratio", imbalance_ratio)):
             if val is not None:
                 raise ImgclsError(f"{opt}: applies to a data set, not to the checkpoint {target}")
+        from ..engine.checkpoint import checkpoint_file
         from ..stats.model import checkpoint_stats
 
-        ckpt = Path(target) / "best.pt" if Path(target).is_dir() else Path(target)
+        ckpt = checkpoint_file(target)
         s = checkpoint_stats(ckpt, img_size, device, runs)
         _print_model(s)
         if features is not None:
