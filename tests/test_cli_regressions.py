@@ -150,3 +150,13 @@ def test_init_from_accepts_a_run_folder(tmp_path: Path) -> None:
     (tmp_path / "empty").mkdir()
     _one_line(runner.invoke(app, [*args, "--init-from", str(tmp_path / "empty"), "--out", str(tmp_path / "s3")]),
               "--init-from", "without best.pt")
+
+
+# ---------------------------------------------------------------- error wording
+def test_data_errors_name_the_commands_own_argument(tmp_path: Path) -> None:
+    """`stats` and `pack` take the data set as a positional argument; their errors blamed --data."""
+    missing = str(tmp_path / "nonexist")
+    for args, name in ((["stats", missing], "DATA_OR_CHECKPOINT"), (["pack", missing, "x.h5"], "DATA")):
+        assert "--data" not in _one_line(runner.invoke(app, args), f"{name} {missing}:")
+    _one_line(runner.invoke(app, ["train", "--data", missing]), f"--data {missing}:")
+
