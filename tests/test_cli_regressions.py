@@ -160,3 +160,9 @@ def test_data_errors_name_the_commands_own_argument(tmp_path: Path) -> None:
         assert "--data" not in _one_line(runner.invoke(app, args), f"{name} {missing}:")
     _one_line(runner.invoke(app, ["train", "--data", missing]), f"--data {missing}:")
 
+
+@pytest.mark.parametrize(("option", "value"), [("--attn", "bogus"), ("--autoaugment", "bogus")])
+def test_unknown_value_lists_none_among_the_valid_ones(option: str, value: str) -> None:
+    """`--attn none` / `--autoaugment none` are accepted, but the list of valid values left `none` out."""
+    _one_line(runner.invoke(app, ["train", option, value]), option, "valid: none, ")
+    assert ic.components()["attn"][0] == "none" and "none" not in ic.components()["backbone"]
