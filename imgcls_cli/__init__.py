@@ -13,9 +13,7 @@ def components() -> dict[str, list[str]]:
     from .registry import ALL
 
     load_components()
-    out = {kind: reg.names() for kind, reg in ALL.items()}
-    out["attn"] = ["none", *out["attn"]]
-    return out
+    return {kind: reg.valid_values() for kind, reg in ALL.items()}
 
 
 def build_model(backbone: str, num_classes: int, attn: str | None = None, **kw: Any):

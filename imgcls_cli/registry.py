@@ -17,9 +17,10 @@ T = TypeVar("T")
 
 
 class Registry(Generic[T]):
-    def __init__(self, kind: str, option: str | None = None):
+    def __init__(self, kind: str, option: str | None = None, also_valid: tuple[str, ...] = ()):
         self.kind = kind  # e.g. "backbone"
         self.option = option or f"--{kind}"  # the CLI option users type, for error messages
+        self.also_valid = also_valid  # values the option accepts that are not components (e.g. `none`)
         self._items: dict[str, T] = {}
         self._meta: dict[str, dict[str, Any]] = {}
 
@@ -49,12 +50,17 @@ class Registry(Generic[T]):
         return self._meta[name]
 
     def unknown_message(self, name: str) -> str:
-        close = difflib.get_close_matches(str(name), self.names(), n=3, cutoff=0.5)
+        valid = self.valid_values()
+        close = difflib.get_close_matches(str(name), valid, n=3, cutoff=0.5)
         hint = f" (did you mean {', '.join(close)}?)" if close else ""
-        return f"{self.option}: unknown {self.kind} {name!r}{hint}; valid: {', '.join(self.names())}"
+        return f"{self.option}: unknown {self.kind} {name!r}{hint}; valid: {', '.join(valid)}"
 
     def names(self) -> list[str]:
         return list(self._items)
+
+    def valid_values(self) -> list[str]:
+        """What the option accepts: `also_valid` (e.g. `none`), then the registered names."""
+        return [*self.also_valid, *self._items]
 
     def __contains__(self, name: object) -> bool:
         return name in self._items
@@ -67,11 +73,12 @@ class Registry(Generic[T]):
 
 
 BACKBONES: Registry[Callable[..., Any]] = Registry("backbone")
-ATTENTION: Registry[Callable[..., Any]] = Registry("attn", option="--attn")
+ATTENTION: Registry[Callable[..., Any]] = Registry("attn", option="--attn", also_valid=("none",))
 HEADS: Registry[Callable[..., Any]] = Registry("head")
 LOSSES: Registry[Callable[..., Any]] = Registry("loss")
 SAMPLERS: Registry[Callable[..., Any]] = Registry("sampler")
-AUTOAUGMENT: Registry[Callable[..., Any]] = Registry("autoaugment policy", option="--autoaugment")
+AUTOAUGMENT: Registry[Callable[..., Any]] = Registry("autoaugment policy", option="--autoaugment",
+                                                     also_valid=("none",))
 METHODS: Registry[Callable[..., Any]] = Registry("method")
 CAM_METHODS: Registry[Callable[..., Any]] = Registry("cam method", option="--method")
 

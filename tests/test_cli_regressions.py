@@ -117,3 +117,52 @@ def test_run_without_validation_split_reports_no_top1(tiny_folder: Path, tmp_pat
     assert r.exit_code == 0, r.output
     assert "-1.00%" not in r.output and "epoch -1" not in r.output
     assert "no validation split" in r.output and (tmp_path / "r" / "best.pt").is_file()
+
+
+# ---------------------------------------------------------------- eval --data of another tree
+def test_eval_on_other_data_uses_its_own_held_out_split(tiny_folder: Path, tmp_path: Path) -> None:
+    """Without --split, `eval --data OTHER` kept the checkpoint's split name: a tree with only test/ failed
+    with '--split val ... does not exist' although no --split was given."""
+    import shutil
+
+    run = tmp_path / "r"
+    ic.train(**_quick(**{"data.path": str(tiny_folder), "train.out": str(run)}))
+    other = tmp_path / "other"
+    shutil.copytree(tiny_folder / "train", other / "train")
+    shutil.copytree(tiny_folder / "val", other / "test")
+    r = runner.invoke(app, ["eval", str(run), "--data", str(other), "--workers", "0", "--device", "cpu",
+                            "--json", str(tmp_path / "m.json")])
+    assert r.exit_code == 0, r.output
+    assert json.loads((tmp_path / "m.json").read_text())["split"] == "test"
+    _one_line(runner.invoke(app, ["eval", str(run), "--data", str(other), "--split", "val"]), "--split val")
+
+
+# ---------------------------------------------------------------- --init-from RUN_DIR
+def test_init_from_accepts_a_run_folder(tmp_path: Path) -> None:
+    """eval, cam and export take a run folder (its best.pt); --init-from refused one as 'file not found'."""
+    s1 = tmp_path / "s1"
+    ic.train(**_quick(**{"train.out": str(s1)}))
+    args = ["train", "--method", "crt", "--backbone", "resnet20", "--img-size", "16", "--epochs", "1",
+            "--workers", "0", "--no-progress", "--device", "cpu", "--set", "train.steps_per_epoch=1"]
+    r = runner.invoke(app, [*args, "--init-from", str(s1), "--out", str(tmp_path / "s2")])
+    assert r.exit_code == 0, r.output
+    assert (tmp_path / "s2" / "best.pt").is_file()
+    (tmp_path / "empty").mkdir()
+    _one_line(runner.invoke(app, [*args, "--init-from", str(tmp_path / "empty"), "--out", str(tmp_path / "s3")]),
+              "--init-from", "without best.pt")
+
+
+# ---------------------------------------------------------------- error wording
+def test_data_errors_name_the_commands_own_argument(tmp_path: Path) -> None:
+    """`stats` and `pack` take the data set as a positional argument; their errors blamed --data."""
+    missing = str(tmp_path / "nonexist")
+    for args, name in ((["stats", missing], "DATA_OR_CHECKPOINT"), (["pack", missing, "x.h5"], "DATA")):
+        assert "--data" not in _one_line(runner.invoke(app, args), f"{name} {missing}:")
+    _one_line(runner.invoke(app, ["train", "--data", missing]), f"--data {missing}:")
+
+
+@pytest.mark.parametrize(("option", "value"), [("--attn", "bogus"), ("--autoaugment", "bogus")])
+def test_unknown_value_lists_none_among_the_valid_ones(option: str, value: str) -> None:
+    """`--attn none` / `--autoaugment none` are accepted, but the list of valid values left `none` out."""
+    _one_line(runner.invoke(app, ["train", option, value]), option, "valid: none, ")
+    assert ic.components()["attn"][0] == "none" and "none" not in ic.components()["backbone"]

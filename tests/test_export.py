@@ -132,9 +132,15 @@ class _Branchy(nn.Module):
 
 
 @pytest.mark.parametrize("fmt", FORMATS)
-def test_mismatch_after_export_is_an_error(fmt: str) -> None:
-    with pytest.raises(ImgclsError, match=r"differs from the eager model at batch 1"):
-        export_model(_Branchy(), fmt, Path(f"b.{fmt}"), img_size=8, class_names=["x", "y"], mean=MEAN, std=STD)
+def test_mismatch_after_export_is_an_error(fmt: str, tmp_path: Path) -> None:
+    """An unverified file used to be left at the output path (and replaced a file already there)."""
+    kept = tmp_path / f"kept.{fmt}"
+    kept.write_bytes(b"an earlier export")
+    for out in (tmp_path / f"b.{fmt}", kept):
+        with pytest.raises(ImgclsError, match=r"differs from the eager model at batch 1"):
+            export_model(_Branchy(), fmt, out, img_size=8, class_names=["x", "y"], mean=MEAN, std=STD)
+    assert sorted(p.name for p in tmp_path.iterdir()) == [kept.name]
+    assert kept.read_bytes() == b"an earlier export"
 
 
 def test_methods_with_their_own_eval_logits_are_refused(tmp_path: Path) -> None:

@@ -12,6 +12,7 @@ from .common import console, handle_errors, out
 
 
 def _checkpoint_path(checkpoint: Path | None) -> Path:
+    from ..engine.checkpoint import checkpoint_file
     from ..engine.rundir import latest_run
     from ..errors import ImgclsError
 
@@ -21,7 +22,7 @@ def _checkpoint_path(checkpoint: Path | None) -> Path:
             raise ImgclsError("--checkpoint: no trained run found in runs/; train first (imgcls train) or pass "
                               "--checkpoint CKPT")
         return run / "best.pt"
-    return checkpoint / "best.pt" if checkpoint.is_dir() else checkpoint
+    return checkpoint_file(checkpoint, "--checkpoint")
 
 
 def cam_command(

@@ -14,7 +14,8 @@ from .common import console, handle_errors, out
 def eval_command(
     checkpoint: Path = typer.Argument(..., help="Checkpoint (.pt) or run directory (uses best.pt)."),
     data: str = typer.Option(None, help="Data to evaluate on [default: the checkpoint's]."),
-    split: str = typer.Option(None, help="Split folder: val|test [default: the checkpoint's]."),
+    split: str = typer.Option(None, help="Split folder: val|test [default: the checkpoint's; with --data,"
+                              " that data's val/, else test/]."),
     json_path: Path = typer.Option(None, "--json", help="Write the metrics as JSON here."),
     out_dir: Path = typer.Option(None, "--out", help="Folder for confusion.csv/png [default: next to the checkpoint]."),
     batch_size: int = typer.Option(None, help="Evaluation batch size."),
@@ -24,12 +25,12 @@ def eval_command(
     classifier: str = typer.Option("default", "--classifier", help="default|ncm (nearest class mean)."),
 ) -> None:
     """Evaluate a checkpoint: top-1, top-5, per-class accuracy and the confusion matrix."""
+    from ..engine.checkpoint import checkpoint_file
     from ..engine.eval_api import evaluate_checkpoint
     from ..errors import ImgclsError
     from ..viz.plots import confusion_csv, confusion_png, per_class_vs_frequency_png
 
-    if checkpoint.is_dir():
-        checkpoint = checkpoint / "best.pt"
+    checkpoint = checkpoint_file(checkpoint)
     transform, extra = None, {}
     if tau_norm is not None or classifier != "default":
         try:

@@ -16,11 +16,11 @@ def export_command(
     opset: int = typer.Option(None, help="ONNX opset version [default: 17]."),
 ) -> None:
     """Export a checkpoint's model (normalised float input, dynamic batch) and check it at batch 1, 2, 7."""
+    from ..engine.checkpoint import checkpoint_file
     from ..errors import ImgclsError
     from ..export import export_checkpoint
 
-    if checkpoint.is_dir():
-        checkpoint = checkpoint / "best.pt"
+    checkpoint = checkpoint_file(checkpoint)
     if opset is not None and fmt != "onnx":
         raise ImgclsError(f"--opset: only applies to --format onnx (got --format {fmt})")
     rep = export_checkpoint(checkpoint, fmt, out_file, opset)

@@ -17,8 +17,10 @@ def pack_command(
 ) -> None:
     """Pack a data set into one HDF5 file; train from it with `imgcls train --data OUT.h5`."""
     from ..data.hdf5 import pack_folder
+    from ..errors import data_argument
 
-    rep = pack_folder(data, out_file, mode=mode, size=size)
+    with data_argument("DATA"):
+        rep = pack_folder(data, out_file, mode=mode, size=size)
     counts = ", ".join(f"{k} {v}" for k, v in rep["counts"].items())
     out.print(f"packed {data} -> {rep['out']} ({rep['mode']}, {rep['classes']} classes; {counts} images;"
               f" {rep['bytes'] / 1e6:.1f} MB)", highlight=False)

@@ -87,7 +87,7 @@ def stats_command(
     device: str = typer.Option("cpu", help="CKPT: device for latency: cpu|cuda|auto."),
 ) -> None:
     """Data-set statistics (counts, imbalance, sizes, mean/std, bad files) or model statistics."""
-    from ..errors import ImgclsError
+    from ..errors import ImgclsError, data_argument
 
     if components:
         import imgcls_cli
@@ -102,9 +102,10 @@ def stats_command(
         for opt, val in (("--histogram", histogram), ("--preview", preview), ("--imbalance-ratio", imbalance_ratio)):
             if val is not None:
                 raise ImgclsError(f"{opt}: applies to a data set, not to the checkpoint {target}")
+        from ..engine.checkpoint import checkpoint_file
         from ..stats.model import checkpoint_stats
 
-        ckpt = Path(target) / "best.pt" if Path(target).is_dir() else Path(target)
+        ckpt = checkpoint_file(target)
         s = checkpoint_stats(ckpt, img_size, device, runs)
         _print_model(s)
         if features is not None:
@@ -116,7 +117,8 @@ def stats_command(
             raise ImgclsError(f"--features: needs a checkpoint (.pt or run dir), not the data set {target}")
         from ..stats.dataset import dataset_stats, histogram_png
 
-        s = dataset_stats(target, imbalance_ratio, max_images)
+        with data_argument("DATA_OR_CHECKPOINT"):
+            s = dataset_stats(target, imbalance_ratio, max_images)
         _print_data(s)
         if histogram is not None:
             histogram_png(s, histogram)
@@ -127,7 +129,9 @@ def stats_command(
             ov: dict[str, Any] = {"data.path": target}
             if imbalance_ratio is not None:
                 ov["data.imbalance_ratio"] = imbalance_ratio
-            _lazy("imgcls_cli.viz.preview", "preview_grid", "--preview")(build_config(None, ov), preview, n=32, seed=0)
+            with data_argument("DATA_OR_CHECKPOINT"):
+                _lazy("imgcls_cli.viz.preview", "preview_grid", "--preview")(build_config(None, ov), preview, n=32,
+                                                                            seed=0)
             out.print(f"preview: {preview}")
     if json_path is not None:
         json_path.parent.mkdir(parents=True, exist_ok=True)

@@ -90,7 +90,7 @@ def train_command(
     sampler: str = typer.Option(None, help="instance|class_balanced|sqrt|progressive|reversed."),
     imbalance_ratio: float = typer.Option(None, help="Make a long-tailed training subset with this ratio."),
     method: str = typer.Option(None, help="standard|bbn|crt|lws|wsdan."),
-    init_from: str = typer.Option(None, help="Stage-1 checkpoint (cRT, LWS)."),
+    init_from: str = typer.Option(None, help="Stage-1 checkpoint or run folder (its best.pt) for cRT, LWS."),
     epochs: int = typer.Option(None, help="Epochs. [default: 10]"),
     batch_size: int = typer.Option(None, help="Batch size per process. [default: 64]"),
     lr: float = typer.Option(None, help="Base learning rate. [default: 0.1]"),

@@ -139,6 +139,16 @@ def validate(ckpt: Any, path: str | Path) -> dict[str, Any]:
     return ckpt
 
 
+def checkpoint_file(path: str | Path, option: str = "checkpoint") -> Path:
+    """What a command's checkpoint argument names: a .pt file as given, or a run folder's best.pt."""
+    p = Path(path)
+    if not p.is_dir():
+        return p
+    if not (p / "best.pt").is_file():
+        raise CheckpointError(f"{option} {p}: a folder without best.pt (give a run folder or a .pt checkpoint)")
+    return p / "best.pt"
+
+
 def read_checkpoint(path: str | Path) -> dict[str, Any]:
     return validate(safe_load(path), path)
 

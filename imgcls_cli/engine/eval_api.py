@@ -26,12 +26,18 @@ class EvalOutput:
     ckpt: Checkpoint
 
 
+def _same_data(a: str, b: str) -> bool:
+    """Whether two --data values name the same data set (a built-in name, or the same folder / pack)."""
+    return a == b or Path(a).expanduser().resolve() == Path(b).expanduser().resolve()
+
+
 def eval_loader(ckpt: Checkpoint, data: str | None, split: str | None, batch_size: int | None, workers: int | None,
                 device: torch.device):
     cfg = ckpt.config
     upd: dict[str, Any] = {}
-    if data is not None:
-        upd["data.path"] = data
+    if data is not None and not _same_data(data, cfg.data.path):
+        # another data set: its own held-out split (val/, else test/), as training would pick, unless --split
+        upd["data.path"], upd["data.val_split"] = data, None
     if split is not None:
         upd["data.val_split"] = split
     if workers is not None:
@@ -44,6 +50,8 @@ def eval_loader(ckpt: Checkpoint, data: str | None, split: str | None, batch_siz
     if bundle.class_names != ckpt.class_names:
         raise DataError(f"--data {cfg.data.path}: its classes differ from the checkpoint's "
                         f"({len(bundle.class_names)} vs {len(ckpt.class_names)} classes)")
+    if cfg.data.val_split != bundle.val_split:  # the split picked for a new --data: named in the summary
+        cfg = cfg.replace(**{"data.val_split": bundle.val_split})
     _, eval_tf = transforms_from_config(cfg, bundle)
     ds = ImageDataset(bundle.val, eval_tf)
     bs = batch_size or cfg.train.eval_batch_size or cfg.train.batch_size * 2

@@ -4,7 +4,8 @@ The exported graph takes what `model.forward` takes: a normalised float32 tensor
 with a dynamic batch axis; S is the training resolution.  Class names, normalisation (mean/std)
 and S are stored in the file (ONNX `metadata_props`, TorchScript `_extra_files["imgcls.json"]`),
 read back with `read_metadata(path)`.  After export the file is run at batch sizes 1, 2 and 7 and
-compared with the eager model (rtol 1e-3, atol 1e-5); a mismatch is an error (exit 2).
+compared with the eager model (rtol 1e-3, atol 1e-5); a mismatch is an error (exit 2) and leaves the
+output path as it was (the file is written beside it and renamed only once verified).
 
 What is exported is `model.forward`, which is the evaluation path of every method that does not
 override `Task.eval_logits`; methods that do (e.g. WS-DAN's crop-and-refine evaluation) are
@@ -15,6 +16,7 @@ from __future__ import annotations
 
 import copy
 import json
+import os
 import warnings
 from abc import ABC, abstractmethod
 from collections.abc import Callable
@@ -120,16 +122,22 @@ def export_model(model: nn.Module, fmt: str, out: str | Path, *, img_size: int, 
     model = copy.deepcopy(model).cpu().float().eval()
     example = torch.randn(2, 3, img_size, img_size, generator=torch.Generator().manual_seed(1))  # (2, 3, S, S)
     meta = build_metadata(class_names, mean, std, img_size, extra_meta)
+    # written and verified beside `out`, then renamed: a failed export or verification leaves `out` as it was
+    tmp = out.with_name(f".{out.stem}.tmp.{os.getpid()}{out.suffix}")
     try:
-        with warnings.catch_warnings(), torch.no_grad():
-            warnings.simplefilter("ignore")
-            exporter.export(model, example, out, meta, opset)
-    except ImgclsError:
-        raise
-    except Exception as e:  # exporter failures differ by op and backend; each means "cannot export this"
-        first = (str(e).strip().splitlines() or [type(e).__name__])[0][:200]
-        raise ImgclsError(f"--format {fmt}: {describe} cannot be exported ({type(e).__name__}: {first})") from None
-    errs = verify(exporter.runner(out), model, img_size, fmt)
+        try:
+            with warnings.catch_warnings(), torch.no_grad():
+                warnings.simplefilter("ignore")
+                exporter.export(model, example, tmp, meta, opset)
+        except ImgclsError:
+            raise
+        except Exception as e:  # exporter failures differ by op and backend; each means "cannot export this"
+            first = (str(e).strip().splitlines() or [type(e).__name__])[0][:200]
+            raise ImgclsError(f"--format {fmt}: {describe} cannot be exported ({type(e).__name__}: {first})") from None
+        errs = verify(exporter.runner(tmp), model, img_size, fmt)
+        os.replace(tmp, out)
+    finally:
+        tmp.unlink(missing_ok=True)
     return ExportReport(out=out, format=fmt, max_abs_err=errs, metadata=exporter.read_metadata(out))
 
 

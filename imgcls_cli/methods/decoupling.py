@@ -22,13 +22,12 @@ running statistics untouched), so its weights and buffers stay bit-identical to 
 from __future__ import annotations
 
 import math
-from pathlib import Path
 from typing import Any
 
 import torch
 from torch import nn
 
-from ..engine.checkpoint import read_checkpoint
+from ..engine.checkpoint import checkpoint_file, read_checkpoint
 from ..errors import ImgclsError
 from ..models.build import get_classifier, meta, set_submodule
 from ..registry import METHODS
@@ -52,9 +51,9 @@ def unwrap(model: nn.Module) -> nn.Module:
 
 def load_stage1(cfg: Any, num_classes: int) -> nn.Module:
     """The current config's model with the stage-1 checkpoint's weights (architectures must match)."""
-    path = Path(cfg.train.init_from)
+    path = checkpoint_file(cfg.train.init_from, "--init-from")  # a run folder: its best.pt, as eval/cam/export
     if not path.is_file():
-        raise ImgclsError(f"--init-from: file not found: {path} (give the stage-1 best.pt or last.pt)")
+        raise ImgclsError(f"--init-from: file not found: {path} (give the stage-1 run folder, best.pt or last.pt)")
     raw = read_checkpoint(path)
     s1 = raw["config"].get("model", {})
     for key in ARCH_FIELDS:
