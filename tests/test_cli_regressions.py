@@ -166,3 +166,23 @@ def test_unknown_value_lists_none_among_the_valid_ones(option: str, value: str) 
     """`--attn none` / `--autoaugment none` are accepted, but the list of valid values left `none` out."""
     _one_line(runner.invoke(app, ["train", option, value]), option, "valid: none, ")
     assert ic.components()["attn"][0] == "none" and "none" not in ic.components()["backbone"]
+
+
+# ---------------------------------------------------------------- degenerate data, exports over their source
+def test_one_class_training_data_is_refused_but_can_be_inspected(tmp_path: Path) -> None:
+    """A one-class tree used to train to loss 0 and 100 % top-1 with exit 0."""
+    from .conftest import make_folder_dataset
+
+    one = make_folder_dataset(tmp_path / "one", classes=1, train=2, val=1, size=16)
+    _one_line(runner.invoke(app, ["train", "--data", str(one), "--out", str(tmp_path / "r"), "--epochs", "1"]),
+              f"--data {one}", "at least 2 classes")
+    assert not (tmp_path / "r").exists()
+    assert runner.invoke(app, ["stats", str(one)]).exit_code == 0  # inspecting it is fine
+
+
+def test_export_over_its_own_checkpoint_is_refused(tmp_path: Path) -> None:
+    res = ic.train(**_quick(**{"train.out": str(tmp_path / "r")}))
+    best = Path(res.run_dir) / "best.pt"
+    before = best.read_bytes()
+    _one_line(runner.invoke(app, ["export", str(res.run_dir), "--out", str(best)]), f"--out {best}", "checkpoint")
+    assert best.read_bytes() == before

@@ -71,6 +71,9 @@ def train_loader_for(cfg: Config, train_set: ImageDataset, sampler: Any, device:
 def setup_data(cfg: Config, bundle: DataBundle, device: torch.device) -> DataSetup:
     if len(bundle.train) == 0:
         raise DataError(f"--data {cfg.data.path}: the training split is empty")
+    if bundle.num_classes < 2:  # (training only: eval, stats and pack may look at a one-class tree)
+        raise DataError(f"--data {cfg.data.path}: needs at least 2 classes to train, found {bundle.num_classes}"
+                        f" ({', '.join(bundle.class_names)})")
     train_tf, eval_tf = transforms_from_config(cfg, bundle)
     train_cls = EncodedTrainSet if cfg.data.decode == "device" else ImageDataset
     train_set = train_cls(bundle.train, train_tf, seed=cfg.train.seed)

@@ -156,6 +156,9 @@ def export_checkpoint(path: str | Path, fmt: str = "onnx", out: str | Path | Non
     m = cfg.model
     desc = f"{m.backbone} + attn {m.attn} + head {m.head} (method {cfg.train.method})"
     out = Path(out) if out is not None else Path(path).with_suffix(exporter.suffix)
+    if out.resolve() == Path(path).resolve():
+        raise ImgclsError(f"--out {out}: is the checkpoint being exported, which the export would replace; choose"
+                          f" another file (default: {Path(path).with_suffix(exporter.suffix)})")
     extra = {"backbone": m.backbone, "attn": m.attn, "head": m.head, "method": cfg.train.method,
              "checkpoint": str(path)}
     return export_model(ckpt.model, fmt, out, img_size=img_size, class_names=ckpt.class_names, mean=ckpt.mean,
