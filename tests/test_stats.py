@@ -138,3 +138,12 @@ def test_cli_preview_grid_of_a_data_set(tiny_folder: Path) -> None:
     r = CliRunner().invoke(app, ["stats", str(tiny_folder), "--preview", "p.png", "--max-images", "5"])
     assert r.exit_code == 0, r.output
     assert Path("p.png").read_bytes()[:4] == b"\x89PNG"
+
+
+@pytest.mark.parametrize("ratio", ["0.5", "nan", "-3"])
+def test_stats_bad_imbalance_ratio_is_one_line(ratio: str) -> None:
+    """`imgcls stats DATA --imbalance-ratio 0.5` used to print pydantic's ValidationError traceback."""
+    res = CliRunner().invoke(app, ["stats", "digits", "--imbalance-ratio", ratio])
+    text = res.output.strip()
+    assert res.exit_code == 2 and "Traceback" not in text and len(text.splitlines()) == 1, text
+    assert text.startswith(f"error: --imbalance-ratio {float(ratio)}") and "greater than or equal to 1" in text
