@@ -67,9 +67,10 @@ def read_run(run_dir: str | Path) -> dict[str, Any]:
     m, t = cfg["model"], cfg["train"]
     sampler = cfg["data"].get("sampler", "instance")
     method = t["method"] + ("" if sampler == "instance" else f" ({sampler})")
-    lt = cfg["data"].get("imbalance_ratio")
+    lt, cap = cfg["data"].get("imbalance_ratio"), cfg["data"].get("max_train_per_class")
     out: dict[str, Any] = {
-        "run": d.name, "data": Path(cfg["data"]["path"]).name + (f" LT{lt:g}" if lt else ""),
+        "run": d.name,
+        "data": Path(cfg["data"]["path"]).name + (f" LT{lt:g}" if lt else "") + (f" max{cap}/class" if cap else ""),
         "backbone": m["backbone"], "attention": m["attn"], "head": _head(cfg), "loss": cfg["loss"]["name"],
         "augmentation": _aug(cfg), "method": method, "img": cfg["data"].get("img_size"),
         "epochs": f"{len(rows)}/{t['epochs']}" if len(rows) != t["epochs"] else str(t["epochs"]),

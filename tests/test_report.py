@@ -76,3 +76,13 @@ def test_report_bad_files_are_one_line(tmp_path):
                              text=True)
         assert res.returncode == 2 and "Traceback" not in res.stderr, res.stderr
         assert len(res.stderr.strip().splitlines()) == 1 and needle in res.stderr, res.stderr
+
+
+def test_report_names_a_capped_training_set(tmp_path):
+    """data.max_train_per_class trains on fewer images; the table showed such a run as the full data set."""
+    run = _fake_run(tmp_path / "capped", 10.0)
+    (run / "config.yaml").write_text((run / "config.yaml").read_text().replace(
+        "data: {path: digits, img_size: 16}", "data: {path: digits, img_size: 16, max_train_per_class: 20}"))
+    out = subprocess.run([sys.executable, "-m", "imgcls_cli", "report", str(run), "--format", "csv"],
+                         capture_output=True, text=True, check=True).stdout
+    assert out.splitlines()[1].split(",")[1] == "digits max20/class"
