@@ -17,8 +17,10 @@ def components() -> dict[str, list[str]]:
 
 
 def build_model(backbone: str, num_classes: int, attn: str | None = None, **kw: Any):
+    from .api_checks import check_options
     from .models.build import build_model as _build
 
+    check_options(_build, kw, "build_model", skip=("backbone", "num_classes", "attn"))
     return _build(backbone, num_classes, attn=attn, **kw)
 
 
@@ -29,20 +31,39 @@ def build_loss(name: str, num_classes: int, **kw: Any):
 
 
 def load_checkpoint(path: str, device: str = "cpu"):
+    """A checkpoint file, or a run folder (its best.pt, as `imgcls eval RUN` takes it), on `device`."""
+    from .engine.checkpoint import checkpoint_file
     from .engine.checkpoint import load_checkpoint as _load
+    from .engine.device import resolve_device
 
-    return _load(path, device)
+    dev = resolve_device(str(device))  # an unknown or absent device: one line, before reading the file
+    return _load(checkpoint_file(path), dev)
 
 
 def train(config: Any = None, **overrides: Any):
     """Train from a Config (or YAML path) with dotted overrides: train(**{"model.backbone": "resnet20"})."""
-    from .config import Config, build_config
+    import os
+    from collections.abc import Mapping
+    from pathlib import Path
+
+    from .config import Config, _set_dotted, build_config, config_from_dict
     from .engine.trainer import train as _train
+    from .errors import ImgclsError
 
     if isinstance(config, Config):
         cfg = config.replace(**overrides) if overrides else config
-    else:
+    elif isinstance(config, Mapping):  # the sections of a YAML recipe, as a dict
+        d = {k: dict(v) if isinstance(v, Mapping) else v for k, v in config.items()}  # overrides leave it as it is
+        for key, value in overrides.items():
+            _set_dotted(d, key, value)
+        cfg = config_from_dict(d, source="config")
+    elif config is None or isinstance(config, (str, Path)):
         cfg = build_config(config, overrides)
+    else:
+        raise ImgclsError(f"config: expected a Config, a dict of sections or a YAML path, got {type(config).__name__}")
+    if cfg.train.devices > 1 and "WORLD_SIZE" not in os.environ:
+        raise ImgclsError(f"train.devices {cfg.train.devices}: train() runs in this one process; start several with"
+                          f" `imgcls train --devices {cfg.train.devices}` or torchrun (docs/distributed.md)")
     return _train(cfg)
 
 

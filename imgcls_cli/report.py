@@ -48,16 +48,29 @@ def read_run(run_dir: str | Path) -> dict[str, Any]:
     cfg_p, met_p = d / "config.yaml", d / "metrics.jsonl"
     if not cfg_p.is_file() or not met_p.is_file():
         raise ImgclsError(f"report: {d} is not a run directory (needs config.yaml and metrics.jsonl)")
-    cfg = yaml.safe_load(cfg_p.read_text())
-    rows = [json.loads(x) for x in met_p.read_text().splitlines() if x.strip()]
+    try:
+        cfg = yaml.safe_load(cfg_p.read_text())
+    except yaml.YAMLError as e:
+        raise ImgclsError(f"report: {cfg_p} is not valid YAML ({str(e).splitlines()[0]})") from None
+    if not isinstance(cfg, dict) or not all(isinstance(cfg.get(k), dict) for k in ("data", "model", "train", "loss")):
+        raise ImgclsError(f"report: {cfg_p} is not an imgcls run config (needs the data, model, train, loss sections)")
+    rows = []
+    for n, line in enumerate(met_p.read_text().splitlines(), 1):
+        if not line.strip():
+            continue
+        try:
+            rows.append(json.loads(line))
+        except json.JSONDecodeError as e:  # e.g. a line cut short by a full disk
+            raise ImgclsError(f"report: {met_p} line {n} is not JSON ({e.msg}); fix or remove that line") from None
     evaluated = [r for r in rows if "val_top1" in r]
     best = max(evaluated, key=lambda r: r["val_top1"]) if evaluated else None
     m, t = cfg["model"], cfg["train"]
     sampler = cfg["data"].get("sampler", "instance")
     method = t["method"] + ("" if sampler == "instance" else f" ({sampler})")
-    lt = cfg["data"].get("imbalance_ratio")
+    lt, cap = cfg["data"].get("imbalance_ratio"), cfg["data"].get("max_train_per_class")
     out: dict[str, Any] = {
-        "run": d.name, "data": Path(cfg["data"]["path"]).name + (f" LT{lt:g}" if lt else ""),
+        "run": d.name,
+        "data": Path(cfg["data"]["path"]).name + (f" LT{lt:g}" if lt else "") + (f" max{cap}/class" if cap else ""),
         "backbone": m["backbone"], "attention": m["attn"], "head": _head(cfg), "loss": cfg["loss"]["name"],
         "augmentation": _aug(cfg), "method": method, "img": cfg["data"].get("img_size"),
         "epochs": f"{len(rows)}/{t['epochs']}" if len(rows) != t["epochs"] else str(t["epochs"]),

@@ -271,3 +271,17 @@ def test_cam_input_is_exactly_the_eval_crop_and_maps_back_to_its_box() -> None:
     assert (y0, x0, y1, x1) == (2, 6, 34, 38)
     big = np.repeat(np.repeat(img, 2, axis=0), 2, axis=1)  # 74 x 90: resized by 1/2, box scales by 2
     assert preprocess(big, ck, torch.device("cpu"))[1] == (4, 12, 68, 76)
+
+
+def test_cli_names_differing_only_in_case_do_not_share_an_output(trained: Path, tmp_path: Path) -> None:
+    """photo.JPG and PHOTO.png both wrote photo_gradcam.png / PHOTO_gradcam.png: one file, the first map lost,
+    on case-insensitive file systems (macOS, Windows)."""
+    from imgcls_cli.cli.app import app
+
+    _odd_image(tmp_path / "photo.JPG")
+    _odd_image(tmp_path / "PHOTO.png")
+    r = CliRunner().invoke(app, ["cam", str(tmp_path / "photo.JPG"), str(tmp_path / "PHOTO.png"),
+                                 "--checkpoint", str(trained), "--out", "o"])
+    assert r.exit_code == 0, r.output
+    names = sorted(p.name for p in Path("o").glob("*_gradcam.png") if not p.name.startswith("grid_"))
+    assert len({n.casefold() for n in names}) == 2, names

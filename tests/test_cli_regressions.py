@@ -186,3 +186,17 @@ def test_export_over_its_own_checkpoint_is_refused(tmp_path: Path) -> None:
     before = best.read_bytes()
     _one_line(runner.invoke(app, ["export", str(res.run_dir), "--out", str(best)]), f"--out {best}", "checkpoint")
     assert best.read_bytes() == before
+
+
+# ---------------------------------------------------------------- linked sub-folders of a class
+def test_images_in_a_linked_subfolder_count_and_link_cycles_do_not(tmp_path: Path) -> None:
+    """Path.rglob (Python < 3.13) does not enter linked folders: train/a/more -> elsewhere lost its images
+    silently.  They count now; a link to an enclosing folder (a cycle that would pull in other classes) does not."""
+    from .conftest import make_folder_dataset
+
+    root = make_folder_dataset(tmp_path / "d", classes=2, train=3, val=1, size=8)
+    extra = make_folder_dataset(tmp_path / "extra", classes=1, train=2, val=1, size=8) / "train" / "class_0"
+    (root / "train" / "class_0" / "more").symlink_to(extra, target_is_directory=True)
+    (root / "train" / "class_1" / "loop").symlink_to("..", target_is_directory=True)
+    bundle = open_data(DataConfig(path=str(root)))
+    assert bundle.class_counts() == [5, 3]

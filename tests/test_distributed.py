@@ -137,3 +137,20 @@ def test_sigterm_to_every_process_saves_once_at_an_agreed_step(runs: dict[str, P
                  "--batch-size", "8", "--out", str(out)])
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
     assert read_checkpoint(out / "last.pt")["global_step"] == 3 * (ckpt["epoch"] + 1)
+
+
+@pytest.mark.slow
+def test_a_user_error_in_the_ranks_is_one_line_with_its_exit_status(tmp_path: Path) -> None:
+    """Every rank used to print the error, then torchrun its ChildFailedError traceback, and the job exited 1
+    (3 after too many non-finite steps was lost too): now one line and the rank's exit status."""
+    bad = _ddp(["--data", str(tmp_path / "missing"), "--epochs", "1"])
+    text = (bad.stdout + bad.stderr).strip()
+    assert bad.returncode == 2 and "Traceback" not in text and len(text.splitlines()) == 1, text
+    assert text.startswith(f"error: --data {tmp_path / 'missing'}: no such folder or file")
+    out = tmp_path / "nan"
+    nan = _ddp(["--data", "digits", "--epochs", "1", "--batch-size", "8", "--set", "optim.lr=1e30", "--img-size", "16",
+                "--set", "train.steps_per_epoch=4", "--set", "train.max_bad_steps=2", "--set", "train.log_every=1",
+                "--out", str(out)])
+    last = (nan.stdout + nan.stderr).strip().splitlines()[-1]
+    assert nan.returncode == 3 and "Traceback" not in nan.stderr, nan.stderr[-3000:]
+    assert last.startswith("error: training diverged") and f"saved in {out}" in last, last

@@ -138,3 +138,42 @@ def test_cli_preview_grid_of_a_data_set(tiny_folder: Path) -> None:
     r = CliRunner().invoke(app, ["stats", str(tiny_folder), "--preview", "p.png", "--max-images", "5"])
     assert r.exit_code == 0, r.output
     assert Path("p.png").read_bytes()[:4] == b"\x89PNG"
+
+
+@pytest.mark.parametrize("ratio", ["0.5", "nan", "-3"])
+def test_stats_bad_imbalance_ratio_is_one_line(ratio: str) -> None:
+    """`imgcls stats DATA --imbalance-ratio 0.5` used to print pydantic's ValidationError traceback."""
+    res = CliRunner().invoke(app, ["stats", "digits", "--imbalance-ratio", ratio])
+    text = res.output.strip()
+    assert res.exit_code == 2 and "Traceback" not in text and len(text.splitlines()) == 1, text
+    assert text.startswith(f"error: --imbalance-ratio {float(ratio)}") and "greater than or equal to 1" in text
+
+
+@pytest.mark.parametrize("args", [["base.pt", "--img-size", "0"], ["base.pt", "--img-size", "-5"],
+                                  ["base.pt", "--runs", "-1"], ["digits", "--max-images", "0"]])
+def test_stats_out_of_range_numbers_are_one_line(args: list[str]) -> None:
+    """--img-size 0 silently meant the training size, -5 and --max-images -1 crashed in torch / numpy."""
+    res = CliRunner().invoke(app, ["stats", *args])
+    text = res.output.strip()
+    assert res.exit_code == 2 and len(text.splitlines()) == 1 and f"error: {args[1]} {args[2]}: must be >=" in text
+
+
+def test_stats_img_size_the_model_cannot_run_at(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A forward that fails at the asked --img-size (VGG below 32 px, out of memory) is named, not a traceback."""
+    import imgcls_cli.engine.checkpoint as ck
+    import imgcls_cli.stats.model as sm
+    from imgcls_cli.errors import ImgclsError
+
+    class Fake:
+        config = type("C", (), {"data": type("D", (), {"img_size": 32})()})()
+        model = None
+
+    def too_small(*_a, **_k):
+        raise RuntimeError("Given input size: (512x1x1). Calculated output size: (512x0x0). Output size is too small")
+
+    monkeypatch.setattr(ck, "load_checkpoint", lambda *_a, **_k: Fake())
+    monkeypatch.setattr(sm, "model_stats", too_small)
+    with pytest.raises(ImgclsError, match=r"--img-size 16: this model cannot run at 16x16 \(Given input size"):
+        sm.checkpoint_stats("x.pt", img_size=16)
+    with pytest.raises(RuntimeError):  # at the training size it is not the user's doing
+        sm.checkpoint_stats("x.pt")

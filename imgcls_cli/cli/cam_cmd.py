@@ -71,9 +71,9 @@ def cam_command(
     for f in files:
         ex = explain_file(f, ckpt, method, classes, topk, layer, dev)
         stem, i = f.stem, 2
-        while stem in used:
+        while stem.casefold() in used:  # photo.JPG and photo.png: one file on macOS / Windows file systems
             stem, i = f"{f.stem}-{i}", i + 1
-        used.add(stem)
+        used.add(stem.casefold())
         for rank, m in enumerate(ex.maps, 1):
             safe = re.sub(r"[^\w.-]", "_", m.name)
             suffix = f"_{tag}" if len(ex.maps) == 1 else f"_{tag}_top{rank}_{safe}"

@@ -29,6 +29,10 @@ def handle_errors(fn: Callable[..., Any]) -> Callable[..., Any]:
         try:
             return fn(*args, **kwargs)
         except ImgclsError as e:
+            from ..engine.launch import record_rank_error
+
+            if record_rank_error(str(e)):  # a rank of `--devices N`: the launcher prints it, once
+                raise typer.Exit(getattr(e, "exit_code", 2)) from None
             fail(str(e), getattr(e, "exit_code", 2))
         except KeyboardInterrupt:
             console.print("interrupted")

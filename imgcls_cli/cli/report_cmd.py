@@ -21,15 +21,23 @@ def report_command(
 
     if fmt not in ("md", "csv"):
         raise ImgclsError(f"--format {fmt!r}: valid formats are md, csv")
-    dirs = []
-    for r in runs:  # a folder of runs is expanded
-        dirs += [r] if (r / "metrics.jsonl").exists() else sorted(p.parent for p in r.glob("*/metrics.jsonl"))
+    dirs: list[Path] = []
+    seen: set[Path] = set()
+    for r in runs:  # a folder of runs is expanded; runs/latest (a link to a run listed anyway) is left out
+        found = [r] if (r / "metrics.jsonl").exists() else sorted(p.parent for p in r.glob("*/metrics.jsonl"))
+        for d in found:
+            if d.resolve() not in seen:
+                seen.add(d.resolve())
+                dirs.append(d)
     if not dirs:
         raise ImgclsError(f"report: no run directories found in {', '.join(map(str, runs))}")
     text = table([read_run(d) for d in dirs], fmt)
     stdout.print(text, end="", markup=False, highlight=False, soft_wrap=True)
     if output is not None:
-        output.write_text(text)
+        try:
+            output.write_text(text)
+        except OSError as e:
+            raise ImgclsError(f"--out {output}: cannot write the table ({e.strerror})") from None
 
 
 def register(app: typer.Typer) -> None:

@@ -96,6 +96,9 @@ def stats_command(
             out.print(f"[bold]{kind}[/bold]: {', '.join(names)}")
         if target is None:
             return
+    for opt, val, low in (("--img-size", img_size, 1), ("--max-images", max_images, 1), ("--runs", runs, 0)):
+        if val is not None and val < low:  # 0 or less used to fall back to the default, or crash
+            raise ImgclsError(f"{opt} {val}: must be >= {low}")
     if target is None:
         raise ImgclsError("DATA_OR_CHECKPOINT: give a data set (folder, .h5, digits) or a checkpoint (.pt / run dir)")
     if _is_checkpoint(target):

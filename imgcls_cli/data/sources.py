@@ -8,6 +8,7 @@ data sets (cifar10, cifar100) and HDF5 packs are supported.
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -103,6 +104,26 @@ class DataBundle:
         return np.bincount(self.train.labels, minlength=self.num_classes).tolist()
 
 
+def _walk_files(top: Path) -> list[Path]:
+    """Every file below `top`, through linked sub-folders too (Path.rglob skips those before Python 3.13,
+    which silently dropped their images).  A link to a folder already walked, or to one that contains the
+    current folder (a cycle, e.g. `loop -> ..`, which would pull in other classes), is not entered."""
+    seen: set[str] = set()
+    out: list[Path] = []
+    for dirpath, dirnames, filenames in os.walk(top, followlinks=True):
+        real = os.path.realpath(dirpath)
+        seen.add(real)
+        keep = []
+        for n in dirnames:
+            target = os.path.realpath(os.path.join(dirpath, n))
+            if target not in seen and not (real + os.sep).startswith(target.rstrip(os.sep) + os.sep):
+                keep.append(n)
+                seen.add(target)
+        dirnames[:] = keep
+        out += [Path(dirpath) / f for f in filenames]
+    return out
+
+
 def scan_split(root: Path, split: str, class_names: list[str] | None = None) -> tuple[list[Path], list[int], list[str]]:
     d = root / split
     classes = class_names or sorted(p.name for p in d.iterdir() if p.is_dir() and not p.name.startswith("."))
@@ -113,7 +134,7 @@ def scan_split(root: Path, split: str, class_names: list[str] | None = None) -> 
     for c in sorted(p.name for p in d.iterdir() if p.is_dir() and not p.name.startswith(".")):
         if c not in index:
             raise DataError(f"--data {root}: {split}/{c} is not a class of the training split")
-        found = sorted(f for f in (d / c).rglob("*") if f.suffix.lower() in IMAGE_EXTS and f.is_file())
+        found = sorted(f for f in _walk_files(d / c) if f.suffix.lower() in IMAGE_EXTS and f.is_file())
         if not found and split == "train":
             raise DataError(f"--data {root}: class folder {split}/{c} has no images ({', '.join(sorted(IMAGE_EXTS))})")
         files += found

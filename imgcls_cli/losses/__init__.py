@@ -14,10 +14,14 @@ from ..registry import LOSSES
 
 
 def build_loss(name: str, num_classes: int, **options: Any) -> nn.Module:
+    from ..api_checks import check_count, check_options
     from ..config import load_components
 
     load_components()
-    return LOSSES.get(name)(num_classes=num_classes, **options)
+    cls = LOSSES.get(name)
+    check_count(num_classes, "num_classes")
+    check_options(cls, options, f"build_loss({name!r})", skip=("num_classes",))
+    return cls(num_classes=num_classes, **options)
 
 
 def loss_from_config(name: str, loss_cfg: Any, num_classes: int, **extra: Any) -> nn.Module:

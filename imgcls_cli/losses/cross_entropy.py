@@ -14,6 +14,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ..errors import ImgclsError
 from ..registry import LOSSES
 
 
@@ -35,6 +36,8 @@ def smooth_targets(targets: torch.Tensor, num_classes: int, eps: float) -> torch
 class CrossEntropy(nn.Module):
     def __init__(self, num_classes: int, label_smoothing: float = 0.0):
         super().__init__()
+        if not 0.0 <= label_smoothing < 1.0:  # F.cross_entropy would refuse it only at the first step
+            raise ImgclsError(f"label_smoothing: must be in [0, 1), got {label_smoothing}")
         self.num_classes, self.eps = num_classes, label_smoothing
 
     @classmethod

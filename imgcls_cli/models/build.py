@@ -136,8 +136,9 @@ def build_model(
     gets the finished backbone (weights loaded) and returns the whole model with its own metadata.
     """
     importlib.import_module("imgcls_cli.components_all")
-    if num_classes < 1:
-        raise ImgclsError(f"num_classes must be >= 1, got {num_classes}")
+    from ..api_checks import check_count
+
+    check_count(num_classes, "num_classes")
     fn = BACKBONES.get(backbone)
     info = BACKBONES.meta(backbone)
     kw: dict[str, Any] = {}

@@ -86,9 +86,17 @@ def bundle_stats(bundle: DataBundle, max_images: int = 5000, seed: int = 0) -> d
 def dataset_stats(path: str, imbalance_ratio: float | None = None, max_images: int = 5000,
                   seed: int = 0) -> dict[str, Any]:
     """Statistics of a data set (folder tree, .h5 pack, digits) as `imgcls stats DATA` reports them."""
-    from ..config import DataConfig
+    from pydantic import ValidationError
 
-    bundle = open_data(DataConfig(path=str(path), imbalance_ratio=imbalance_ratio))
+    from ..config import DataConfig
+    from ..errors import ImgclsError
+
+    try:
+        data_cfg = DataConfig(path=str(path), imbalance_ratio=imbalance_ratio)
+    except ValidationError as e:  # the only user value besides the path: --imbalance-ratio (>= 1, finite)
+        reason = e.errors()[0]["msg"].removeprefix("Value error, ")
+        raise ImgclsError(f"--imbalance-ratio {imbalance_ratio}: {reason} (1 = balanced, 100 = CIFAR-10-LT)") from None
+    bundle = open_data(data_cfg)
     out = bundle_stats(bundle, max_images, seed)
     out["data"] = str(path)
     out["imbalance_ratio_option"] = imbalance_ratio

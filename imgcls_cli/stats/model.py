@@ -18,6 +18,7 @@ import torch
 from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
 
+from ..errors import ImgclsError
 from ..registry import BACKBONES
 
 
@@ -114,7 +115,13 @@ def checkpoint_stats(path: str | Path, img_size: int | None = None, device: str 
     ckpt = load_checkpoint(path, dev)
     cfg = ckpt.config
     size = int(img_size or cfg.data.img_size or 224)
-    out = model_stats(ckpt.model, size, dev, runs)
+    try:
+        out = model_stats(ckpt.model, size, dev, runs)
+    except RuntimeError as e:  # too small for the network's downsampling, or too large for memory
+        if img_size is None:
+            raise
+        first = str(e).strip().splitlines()[0][:160]
+        raise ImgclsError(f"--img-size {img_size}: this model cannot run at {size}x{size} ({first})") from None
     out.update(checkpoint=str(path), backbone=cfg.model.backbone, attn=cfg.model.attn, head=cfg.model.head,
                method=cfg.train.method, num_classes=ckpt.num_classes)
     return out

@@ -158,7 +158,13 @@ from . import cam_class  # noqa: E402,F401  (registers "cam": classifier-weight 
 def resolve_target(target: Target, batch: int, num_classes: int, option: str = "target") -> torch.Tensor | None:
     if target is None:
         return None
-    t = torch.as_tensor(target, dtype=torch.long).flatten()  # (B,) or (1,)
+    try:
+        t = torch.as_tensor(target)
+    except (TypeError, ValueError, RuntimeError):
+        t = None
+    if t is None or t.dtype == torch.bool or t.is_floating_point() or t.is_complex():  # 2.7 is not class 2
+        raise ImgclsError(f"{option}: expected a class index (int) or one per image, got {target!r}")
+    t = t.long().flatten()  # (B,) or (1,)
     if t.numel() == 1:
         t = t.expand(batch)
     if t.numel() != batch:
@@ -187,8 +193,10 @@ def cam(model: nn.Module, images: torch.Tensor, method: str = "gradcam", target:
 
     load_components()
     fn = CAM_METHODS.get(method)
-    if not isinstance(images, torch.Tensor) or images.dim() != 4:
-        raise ImgclsError("images: expected a normalised float tensor (B, 3, H, W)")
+    if not isinstance(images, torch.Tensor) or images.dim() != 4 or images.shape[1] != 3 \
+            or not images.is_floating_point():
+        got = f"{images.dtype} {tuple(images.shape)}" if isinstance(images, torch.Tensor) else type(images).__name__
+        raise ImgclsError(f"images: expected a normalised float tensor (B, 3, H, W), got {got}")
     name = resolve_layer(model, layer)
     meta = getattr(model, "imgcls", None)
     num_classes = meta.get("num_classes") if isinstance(meta, dict) else None
