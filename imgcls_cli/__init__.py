@@ -46,18 +46,13 @@ def train(config: Any = None, **overrides: Any):
     from collections.abc import Mapping
     from pathlib import Path
 
-    from .config import Config, _set_dotted, build_config, config_from_dict
+    from .config import Config, build_config
     from .engine.trainer import train as _train
     from .errors import ImgclsError
 
     if isinstance(config, Config):
         cfg = config.replace(**overrides) if overrides else config
-    elif isinstance(config, Mapping):  # the sections of a YAML recipe, as a dict
-        d = {k: dict(v) if isinstance(v, Mapping) else v for k, v in config.items()}  # overrides leave it as it is
-        for key, value in overrides.items():
-            _set_dotted(d, key, value)
-        cfg = config_from_dict(d, source="config")
-    elif config is None or isinstance(config, (str, Path)):
+    elif config is None or isinstance(config, (str, Path, Mapping)):  # a YAML path or its sections as a dict
         cfg = build_config(config, overrides)
     else:
         raise ImgclsError(f"config: expected a Config, a dict of sections or a YAML path, got {type(config).__name__}")

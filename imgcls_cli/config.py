@@ -10,6 +10,7 @@ is opened (see `engine.setup.resolve_config`) and the resolved value is what get
 from __future__ import annotations
 
 import importlib
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, Literal
 
@@ -358,17 +359,25 @@ def load_config(path: str | Path, overrides: dict[str, Any] | None = None) -> Co
     if not isinstance(d, dict):
         raise ImgclsError(f"--config {p}: expected a mapping of sections (data, model, ...)")
     try:
-        for key, value in (overrides or {}).items():
-            _set_dotted(d, key, value)
+        d = _with_overrides(d, overrides)
     except ImgclsError as e:
         raise ImgclsError(f"{p}: {e}") from None
     return config_from_dict(d, source=str(p))
 
 
-def build_config(config_file: str | Path | None = None, overrides: dict[str, Any] | None = None) -> Config:
-    if config_file is not None:
-        return load_config(config_file, overrides)
-    d: dict[str, Any] = {}
+def _with_overrides(sections: Mapping[str, Any], overrides: dict[str, Any] | None) -> dict[str, Any]:
+    """A copy of `sections` (the caller's dicts are left as they are) with dotted `overrides` set in it."""
+    d = {k: dict(v) if isinstance(v, Mapping) else v for k, v in sections.items()}
     for key, value in (overrides or {}).items():
         _set_dotted(d, key, value)
-    return config_from_dict(d, source="options")
+    return d
+
+
+def build_config(config: str | Path | Mapping[str, Any] | None = None,
+                 overrides: dict[str, Any] | None = None) -> Config:
+    """A Config from a YAML file, a dict of sections (as in a YAML recipe) or nothing, plus dotted overrides."""
+    if isinstance(config, Mapping):
+        return config_from_dict(_with_overrides(config, overrides), source="config")
+    if config is not None:
+        return load_config(config, overrides)
+    return config_from_dict(_with_overrides({}, overrides), source="options")

@@ -29,6 +29,7 @@ import torch.nn.functional as F
 from .dataset import ImageDataset, _stack, split_bad, to_planar
 from .decode import BadImage, _has_exif_orientation, decode_bytes
 from .jpeg_header import device_decodable, parse_jpeg_header
+from .loader import LoaderWrapper
 
 
 def device_jpeg_size(buf: bytes) -> tuple[int, int] | None:
@@ -174,20 +175,13 @@ def _decode_jpeg(data: torch.Tensor | list[torch.Tensor], device: torch.device) 
         return decode_jpeg(data, mode=ImageReadMode.RGB, device=device)
 
 
-class DeviceDecodeLoader:
+class DeviceDecodeLoader(LoaderWrapper):
     """A DataLoader whose batches go through a `BatchDecoder`; its length and attributes are the loader's."""
 
     def __init__(self, loader: Any, decoder: BatchDecoder):
-        self.loader, self.decoder = loader, decoder
-
-    def __len__(self) -> int:
-        return len(self.loader)
+        super().__init__(loader)
+        self.decoder = decoder
 
     def __iter__(self) -> Iterator[dict[str, Any]]:
         it = iter(self.loader)  # now, not at the first next(): EpochBatches.prefetch starts the workers early
         return (self.decoder(batch) for batch in it)
-
-    def __getattr__(self, name: str) -> Any:  # only for names this class does not define: batch_size, sampler, ...
-        if name == "loader":
-            raise AttributeError(name)
-        return getattr(self.loader, name)

@@ -23,6 +23,8 @@ from typing import Any
 
 import torch
 
+from .loader import LoaderWrapper
+
 Pending = tuple[dict[str, Any] | None, Exception | None] | None
 # the batch tensor worth overlapping; targets (B int64) and indices stay on the host, where every consumer
 # of a batch expects them (the trainer and evaluator copy targets themselves; feature collectors keep them there)
@@ -34,23 +36,16 @@ def prefetch_to(loader: Any, device: torch.device, pinned: bool) -> Any:
     return DevicePrefetchLoader(loader, device) if pinned and device.type == "cuda" else loader
 
 
-class DevicePrefetchLoader:
+class DevicePrefetchLoader(LoaderWrapper):
     """A DataLoader (with pinned batches) whose batches arrive with `images` already on `device`."""
 
     def __init__(self, loader: Any, device: torch.device):
-        self.loader, self.device = loader, device
-
-    def __len__(self) -> int:
-        return len(self.loader)
+        super().__init__(loader)
+        self.device = device
 
     def __iter__(self) -> Iterator[dict[str, Any]]:
         it = iter(self.loader)  # now, not at the first next(): EpochBatches.prefetch starts the workers early
         return self._batches(it)
-
-    def __getattr__(self, name: str) -> Any:  # only for names this class does not define: batch_size, sampler, ...
-        if name == "loader":
-            raise AttributeError(name)
-        return getattr(self.loader, name)
 
     def _batches(self, it: Iterator[dict[str, Any]]) -> Iterator[dict[str, Any]]:
         copy_stream = torch.cuda.Stream(self.device)

@@ -35,6 +35,23 @@ def make_loader(dataset: ImageDataset, sampler: Sampler | None, batch_size: int,
                       generator=torch.Generator().manual_seed(seed), **kw)
 
 
+class LoaderWrapper:
+    """Base of loaders that transform another loader's batches: length and attributes (batch_size, sampler, ...)
+    are the wrapped loader's; subclasses define `__iter__`, creating the inner iterator at once (not at the
+    first next()), so that EpochBatches.prefetch starts the workers early."""
+
+    def __init__(self, loader: Any):
+        self.loader = loader
+
+    def __len__(self) -> int:
+        return len(self.loader)
+
+    def __getattr__(self, name: str) -> Any:  # only for names this class does not define
+        if name == "loader":
+            raise AttributeError(name)
+        return getattr(self.loader, name)
+
+
 class DeviceNormalizer:
     """uint8 (B, 3, H, W) on the host -> normalised float (B, 3, H, W) on the device."""
 
