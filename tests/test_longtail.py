@@ -21,7 +21,7 @@ from imgcls_cli.engine.evaluator import shot_split
 from imgcls_cli.errors import ImgclsError
 from imgcls_cli.methods import build_task_model
 from imgcls_cli.methods.bbn import bbn_alpha
-from imgcls_cli.methods.decoupling_eval import TAUS, NearestClassMean, TauNorm, class_means, pick_tau
+from imgcls_cli.methods.decoupling_eval import NCM_METRICS, TAUS, TauNorm, build_ncm, pick_tau
 from imgcls_cli.models.build import forward_with_features, get_classifier
 from imgcls_cli.registry import SAMPLERS
 
@@ -163,14 +163,43 @@ def test_pick_tau_scores_every_step_and_takes_the_best():
     assert scores[f"{tau:.1f}"] > scores["0.0"]  # normalising the big head norms helps here
 
 
-def test_ncm_nearest_mean():
+def _ncm_reference(train: np.ndarray, labels: np.ndarray, query: np.ndarray, feat_type: str) -> np.ndarray:
+    """The official KNNClassifier (classifier-balancing) written out in numpy: the feature transform applied to
+    the training embeddings before the class means and to each query, logit = -squared Euclidean distance."""
+    mean = train.mean(0)
+
+    def g(f: np.ndarray) -> np.ndarray:
+        f = f - mean if feat_type == "cl2n" else f
+        return f / np.linalg.norm(f, axis=1, keepdims=True) if feat_type in ("l2n", "cl2n") else f
+
+    cents = np.stack([g(train)[labels == c].mean(0) for c in range(labels.max() + 1)])
+    return -((g(query)[:, None, :] - cents[None]) ** 2).sum(-1)
+
+
+def test_ncm_follows_the_official_cl2n() -> None:
+    # embeddings with a large shared offset (as post-ReLU features have): centring changes the decisions
+    rng = np.random.default_rng(0)
+    labels = np.repeat(np.arange(3), 20)
+    protos = rng.normal(size=(3, 8))
+    train = (8.0 + protos[labels] * np.array([1.0, 0.5, 0.25])[labels, None] + rng.normal(size=(60, 8)) * 0.6)
+    query = 8.0 + protos[rng.integers(0, 3, 200)] * 0.5 + rng.normal(size=(200, 8)) * 0.6
+    tf, tl, tq = torch.tensor(train, dtype=torch.float32), torch.tensor(labels), torch.tensor(query, dtype=torch.float32)
+    preds = {}
+    for name, feat_type in (("ncm", "cl2n"), ("ncm-l2n", "l2n"), ("ncm-un", "un")):
+        z = build_ncm(tf, tl, 3, name)(None, tq)
+        ref = _ncm_reference(train, labels, query, feat_type)
+        torch.testing.assert_close(z, torch.tensor(ref, dtype=torch.float32), rtol=1e-4, atol=1e-4)
+        preds[name] = z.argmax(1)
+    assert (preds["ncm"] != preds["ncm-l2n"]).sum() >= 5  # the data tell centring from plain normalisation
+    zc = build_ncm(tf, tl, 3, "ncm-cosine")(None, tq)
+    assert zc.abs().max() <= 1 + 1e-5
+
+
+def test_ncm_class_without_images() -> None:
     feats = torch.tensor([[1.0, 0.0], [2.0, 0.1], [0.0, 1.0], [0.1, 3.0]])
-    means = class_means(feats, torch.tensor([0, 0, 1, 1]), 3)
-    assert torch.isnan(means[2]).all()
-    q = torch.tensor([[5.0, 0.5], [0.2, 1.0]])
-    for metric in ("euclidean", "cosine"):
-        z = NearestClassMean(means, metric)(None, q)
-        assert z.argmax(1).tolist() == [0, 1] and torch.isinf(z[:, 2]).all()
+    for name in NCM_METRICS:
+        z = build_ncm(feats, torch.tensor([0, 0, 1, 1]), 3, name)(None, torch.tensor([[5.0, 0.5], [0.2, 1.0]]))
+        assert torch.isinf(z[:, 2]).all() and z[:, :2].isfinite().all()
 
 
 # ---------------------------------------------------------------- BBN

@@ -3,12 +3,15 @@
 Kang et al., "Decoupling Representation and Classifier for Long-Tailed Recognition", ICLR 2020,
 arXiv:1910.09217, section 4.2:
 - tau-norm: w~_i = w_i / ||w_i||^tau, bias dropped; tau = 1 is plain L2 normalisation, tau = 0 the
-  bias-free original classifier.  `auto` picks tau on the checkpoint's validation split over
-  0, 0.1, ..., 2 by mean per-class accuracy (ties: the smaller tau) and reports the choice.
-- NCM: class means of the L2-normalised training embeddings (the input of the final classifier,
-  `models.build.forward_with_features`), eval transforms, the (long-tailed) training split.  `ncm`
-  ranks classes by Euclidean distance of the normalised embedding to each mean (the official code's
-  default `cl2n` + L2); `ncm-cosine` by cosine similarity.
+  bias-free original classifier.  `auto` picks tau over 0, 0.1, ..., 2 by mean per-class accuracy
+  (ties: the smaller tau) on the run's *selection* split (`data.select_split`: a val/ apart from the
+  reported test/, or the split carved out of the training images), never on the reported split.
+- NCM: nearest class mean of the training embeddings (the input of the final classifier,
+  `models.build.forward_with_features`; eval transforms; the (long-tailed) training split), with the
+  feature transforms and distances of the official code (classifier-balancing, KNNClassifier):
+  `ncm` = `cl2n` + squared L2 (the official default: subtract the mean training embedding, then
+  L2-normalise, both for the class means and for each test embedding; logit = -||f - mu_c||^2),
+  `ncm-l2n` (L2-normalise only), `ncm-un` (raw embeddings), `ncm-cosine` (cl2n, cosine similarity).
 Both replace only the final linear layer; the transforms returned here receive (logits, features)
 (`wants_features`), so tau-norm is computed exactly on the features, not undone from the logits.
 """
@@ -25,7 +28,7 @@ from torch import nn
 from ..errors import ImgclsError
 
 TAUS = [round(0.1 * i, 1) for i in range(21)]  # 0.0 .. 2.0
-NCM_METRICS = {"ncm": "euclidean", "ncm-cosine": "cosine"}
+NCM_METRICS = {"ncm": ("cl2n", "l2"), "ncm-l2n": ("l2n", "l2"), "ncm-un": ("un", "l2"), "ncm-cosine": ("cl2n", "cos")}
 
 
 class TauNorm:
@@ -41,20 +44,33 @@ class TauNorm:
         return F.linear(feats.float(), self.weight.to(feats.device))  # (B, C)
 
 
+def ncm_features(feats: torch.Tensor, feat_type: str, mean: torch.Tensor) -> torch.Tensor:
+    """(N, D) -> (N, D): un = as is; l2n = f / ||f||; cl2n = (f - mean) / ||f - mean||, mean (D,) of the training set."""
+    f = feats.float()
+    if feat_type == "cl2n":
+        f = f - mean.to(f.device)
+    return f if feat_type == "un" else F.normalize(f, dim=1)
+
+
 class NearestClassMean:
-    """Nearest mean of the L2-normalised training embeddings; logits = -distance or cosine."""
+    """logits = -||g(f) - mu_c||^2 (l2) or cos(g(f), mu_c) (cos), g the feature transform, mu_c the class means of
+    g(training embeddings)."""
 
     wants_features = True
 
-    def __init__(self, means: torch.Tensor, metric: str):
-        self.means, self.metric = means, metric  # (C, D), NaN rows for classes without training images
+    def __init__(self, means: torch.Tensor, feat_mean: torch.Tensor, feat_type: str, dist: str):
+        # means (C, D), NaN rows for classes without training images; feat_mean (D,)
+        self.means, self.feat_mean, self.feat_type, self.dist = means, feat_mean, feat_type, dist
 
     def __call__(self, logits: torch.Tensor, feats: torch.Tensor) -> torch.Tensor:
-        f = F.normalize(feats.float(), dim=1)  # (B, D)
+        f = ncm_features(feats, self.feat_type, self.feat_mean)  # (B, D)
         mu = self.means.to(f.device)
         present = ~torch.isnan(mu).any(1)  # (C,)
         mu = torch.nan_to_num(mu)
-        z = f @ F.normalize(mu, dim=1).T if self.metric == "cosine" else -torch.cdist(f, mu)  # (B, C)
+        if self.dist == "cos":
+            z = F.normalize(f, dim=1) @ F.normalize(mu, dim=1).T  # (B, C)
+        else:
+            z = -(f.pow(2).sum(1, keepdim=True) - 2 * f @ mu.T + mu.pow(2).sum(1)[None]).clamp_min(0)  # (B, C)
         return z.masked_fill(~present, float("-inf"))
 
 
@@ -104,11 +120,18 @@ def pick_tau(weight: torch.Tensor, feats: torch.Tensor, targets: torch.Tensor) -
 
 
 def class_means(feats: torch.Tensor, targets: torch.Tensor, num_classes: int) -> torch.Tensor:
-    """(C, D) means of the L2-normalised embeddings; NaN for a class without images."""
-    f = F.normalize(feats, dim=1)  # (N, D)
-    sums = torch.zeros(num_classes, f.shape[1]).index_add_(0, targets, f)  # (C, D)
+    """(C, D) per-class means of `feats` (already transformed); NaN for a class without images."""
+    sums = torch.zeros(num_classes, feats.shape[1]).index_add_(0, targets, feats.float())  # (C, D)
     n = torch.bincount(targets, minlength=num_classes).float()[:, None]  # (C, 1)
     return torch.where(n > 0, sums / n.clamp_min(1), torch.full_like(sums, float("nan")))
+
+
+def build_ncm(feats: torch.Tensor, targets: torch.Tensor, num_classes: int, classifier: str) -> NearestClassMean:
+    """The NCM classifier named `classifier` from the training embeddings (N, D) and labels (N,)."""
+    feat_type, dist = NCM_METRICS[classifier]
+    mean = feats.float().mean(0)  # (D,) the mean training embedding (cl2n's centre)
+    means = class_means(ncm_features(feats, feat_type, mean), targets, num_classes)
+    return NearestClassMean(means, mean, feat_type, dist)
 
 
 def _train_loader(ckpt: Any, cfg: Any, bundle: Any, device: torch.device, batch_size: int | None) -> Any:
@@ -139,20 +162,20 @@ def eval_variant(checkpoint: str | Path, tau_norm: str | None, classifier: str =
     if classifier != "default":
         cfg, bundle, _, norm = eval_loader(ckpt, data, split, batch_size, None, dev)
         feats, targets = collect_features(ckpt, _train_loader(ckpt, cfg, bundle, dev, batch_size), norm, dev)
-        metric = NCM_METRICS[classifier]
-        say(f"NCM ({metric}): class means of {len(targets)} training embeddings")
-        return NearestClassMean(class_means(feats, targets, ckpt.num_classes), metric), {
-            "classifier": classifier, "ncm_metric": metric}
+        feat_type, dist = NCM_METRICS[classifier]
+        say(f"NCM ({feat_type}, {dist}): class means of {len(targets)} training embeddings")
+        return build_ncm(feats, targets, ckpt.num_classes, classifier), {
+            "classifier": classifier, "ncm_features": feat_type, "ncm_distance": dist}
     weight = linear_weight(ckpt.model)
     if tau_norm == "auto":
-        cfg, _, loader, norm = eval_loader(ckpt, data, None, batch_size, None, dev)  # the checkpoint's val split
+        from ..engine.eval_api import selection_loader
+
+        cfg, loader, norm = selection_loader(ckpt, batch_size, None, dev)  # the run's selection split, never reported
         feats, targets = collect_features(ckpt, loader, norm, dev)
         tau, scores = pick_tau(weight, feats, targets)
-        on = cfg.data.val_split
-        say(f"tau-norm: tau = {tau:.1f} picked on split {on!r} (mean class acc {scores[f'{tau:.1f}']:.2f}%)")
-        if split in (None, on):
-            say(f"[yellow]note: tau was picked on the split it is evaluated on ({on}); pass --split to evaluate"
-                " on another[/yellow]")
+        on = cfg.data.select_split
+        say(f"tau-norm: tau = {tau:.1f} picked on the {on} selection split ({len(targets)} images, mean class acc"
+            f" {scores[f'{tau:.1f}']:.2f}%)")
         return TauNorm(weight, tau), {"tau": tau, "tau_selected_on": on, "tau_search": scores}
     try:
         tau = float(tau_norm)  # type: ignore[arg-type]
