@@ -84,7 +84,15 @@ def test_nonlocal_positions() -> None:
     assert [n for n, _ in m1.named_modules() if n.endswith(".attn")] == ["layer3.4.attn"]  # before the last res4 block
     m5 = ic.build_model("resnet50", 10, attn="nonlocal", attn_options={"nonlocal_blocks": 5})
     found = sorted(n for n, _ in m5.named_modules() if n.endswith(".attn"))
-    assert found == ["layer2.0.attn", "layer2.2.attn", "layer3.0.attn", "layer3.2.attn", "layer3.4.attn"]
+    # the official 5-block layout: after res3 blocks 1, 3 and res4 blocks 1, 3, 5 (`idx % 2 == 1`)
+    assert found == ["layer2.1.attn", "layer2.3.attn", "layer3.1.attn", "layer3.3.attn", "layer3.5.attn"]
+
+    def nl(c: int) -> int:  # theta C->C/2, phi+g C->C, W_z C/2->C (with biases), BN 2C
+        return (c * c // 2 + c // 2) + (c * c + c) + (c // 2 * c + c) + 2 * c
+
+    base = _nparams(ic.build_model("resnet50", 10)) * 1e6
+    assert round(_nparams(m5) * 1e6) == round(base) + 2 * nl(512) + 3 * nl(1024)
+    assert round(_nparams(m1) * 1e6) == round(base) + nl(1024)
     # inner width C/2: theta maps 1024 -> 512 channels in res4
     assert m1.layer3[4].attn.theta.weight.shape == (512, 1024, 1, 1)
     with pytest.raises(ImgclsError, match="--nonlocal-blocks"):

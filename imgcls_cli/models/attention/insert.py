@@ -152,13 +152,16 @@ def _mobilenet_units(model: nn.Module) -> list[list[Unit]]:
 
 
 def _after_units(units: list[Unit], k: int, where: str, backbone: str) -> list[Unit]:
-    """k units of one group: every other one back from the second-to-last, then the rest."""
+    """k units of one group, each followed by a non-local block.  One: after the second-to-last unit (Wang et al.,
+    arXiv:1711.07971, Table 2a: "right before the last residual block of res4").  More: after every other unit,
+    the odd ones first (the official 5-block ResNet-50 code's `idx % 2 == 1`: res3 blocks 1, 3; res4 blocks 1, 3,
+    5), then the even ones where a group is short."""
     n = len(units)
-    order = list(range(n - 2, -1, -2)) + list(range(n - 1, -1, -2))
+    order = [max(n - 2, 0)] if k == 1 else list(range(1, n, 2)) + list(range(0, n, 2))
     if k > n:
         raise ImgclsError(f"--nonlocal-blocks: {backbone} has {n} blocks in {where}, {k} non-local blocks do not"
                           f" fit; use --nonlocal-blocks 1")
-    return [units[i] for i in order[:k]]
+    return [units[i] for i in sorted(order[:k])]
 
 
 # family -> (insert one module per block, list non-local units grouped by resolution)
