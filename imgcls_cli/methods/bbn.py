@@ -28,7 +28,6 @@ import torch
 from torch import nn
 
 from ..losses import loss_from_config
-from ..models.init import kaiming_conv_bn_
 from ..registry import BACKBONES, HEADS, METHODS
 from .base import Task, model_from_config
 
@@ -43,19 +42,15 @@ def bbn_alpha(epoch: int, epochs: int, schedule: str = "parabolic") -> float:
     return 1.0 - ((epoch + 1) / epochs) ** 2
 
 
-def _reinit(module: nn.Module) -> None:
-    """Fresh initialisation (as the backbones do) so the two branches start independently."""
-    kaiming_conv_bn_(module)
-    for m in module.modules():  # anything else with parameters (e.g. attention MLPs) gets its own reset
-        if not isinstance(m, (nn.Conv2d, nn.BatchNorm2d)) and m is not module and hasattr(m, "reset_parameters") \
-                and not list(m.children()):
-            m.reset_parameters()
-
-
 class BBNNet(nn.Module):
     """forward(x) -> test logits (alpha = 0.5); forward(x, x2, alpha) -> mixed training logits."""
 
-    def __init__(self, base: nn.Module, num_classes: int, head: str, drop_rate: float, fresh_rb: bool):
+    def __init__(self, base: nn.Module, num_classes: int, head: str, drop_rate: float,
+                 fresh: nn.Module | None = None):
+        """`fresh`: a second, freshly initialised network of the same config, whose last block becomes the
+        re-balancing branch's (so it starts independently of the conventional one, initialised exactly as a new
+        block is: zero-initialised residual BN, CBAM's spatial BN at 0, ...); None: a copy of `base`'s (loaded
+        weights, or an inference model whose weights are loaded next)."""
         super().__init__()
         info = dict(base.imgcls)
         stages = BACKBONES.meta(info["backbone"])["stages"]
@@ -65,9 +60,8 @@ class BBNNet(nn.Module):
             raise ValueError(f"BBN needs a last stage with at least two blocks ({stages[-1]} of {info['backbone']})")
         d = info["feat_dim"]  # pooled width of one branch
         self.backbone = base
-        self.rb_block = copy.deepcopy(last[-1])  # the re-balancing branch's own last block
-        if fresh_rb:
-            _reinit(self.rb_block)
+        # the re-balancing branch's own last block
+        self.rb_block = getattr(fresh, stages[-1])[-1] if fresh is not None else copy.deepcopy(last[-1])
         cls = nn.Linear(2 * d, num_classes) if head == "linear" else HEADS.get(head)(2 * d, num_classes)
         base.fc = nn.Sequential(nn.Dropout(drop_rate), cls) if drop_rate else cls
         classifier = "backbone.fc.1" if drop_rate else "backbone.fc"
@@ -122,8 +116,10 @@ class BBNTask(Task):
         base = model_from_config(cfg, num_classes, weights=None if for_inference else cfg.model.weights,
                                  pretrained=False if for_inference else None, head="linear")
         head = "cosine" if cfg.loss.name == "arcface" else cfg.model.head
-        loaded = not for_inference and (cfg.model.weights is not None or cfg.model.pretrained)
-        return BBNNet(base, num_classes, head, cfg.model.drop_rate, fresh_rb=not loaded)
+        loaded = cfg.model.weights is not None or cfg.model.pretrained
+        fresh = None if for_inference or loaded else model_from_config(cfg, num_classes, weights=None, pretrained=False,
+                                                                       head="linear")
+        return BBNNet(base, num_classes, head, cfg.model.drop_rate, fresh)
 
     def loss_modules(self) -> list[nn.Module]:
         return [self.cls_loss]
