@@ -43,7 +43,15 @@ class Frozen(BaseModel):
 class DataConfig(Frozen):
     path: str = Field("digits", description="image-folder root, HDF5 pack, or digits|cifar10|cifar100")
     img_size: int | None = Field(None, ge=8, le=2048, description="training/eval resolution; data-set default")
-    val_split: str | None = Field(None, description="val or test; the first that exists")
+    val_split: str | None = Field(None, description="the reported held-out split: test when the tree has val/ and"
+                                  " test/, else the one that exists")
+    select_split: Literal["auto", "val", "carve", "none"] = Field(
+        "auto", description="where the best checkpoint, tau and any auto-tuned value are chosen; never the reported"
+        " split. val: the tree's val/ (when test/ is reported); carve: data.carve_per_class images a class held out"
+        " of the training images (seeded); none: no selection (best.pt = last epoch). auto: val, else carve")
+    carve_per_class: int = Field(20, ge=1, description="images a class in a carved selection split (at most a fifth"
+                                 " of the class); for a long-tailed subset taken from the images it leaves unused")
+    carve_seed: int = Field(0, ge=0, description="seed of the carved selection split")
     workers: int = Field(2, ge=0, le=256)
     pin_memory: bool = True
     cache_dir: str = Field("~/.cache/imgcls", description="download folder for named torchvision data sets")
@@ -65,11 +73,16 @@ class DataConfig(Frozen):
 
 
 class AugConfig(Frozen):
+    preset: Literal["pad_crop", "random_resized_crop"] | None = Field(
+        None, description="training crop; data-set default. pad_crop: the CIFAR protocol (zero-pad aug.pad pixels,"
+        " random img_size crop, flip; evaluated as it is); random_resized_crop: the ImageNet one")
+    pad: int = Field(4, ge=0, le=64, description="pad_crop: zero padding on each side, in pixels")
     crop_scale: tuple[float, float] | None = Field(None, description="random-resized-crop scale; data-set default")
     crop_ratio: tuple[float, float] = (3 / 4, 4 / 3)
     hflip: float | None = Field(None, ge=0.0, le=1.0, description="flip probability; data-set default")
     color_jitter: float = Field(0.0, ge=0.0, le=1.0)
-    eval_crop_pct: float = Field(0.875, gt=0.0, le=1.0, description="resize to img_size/pct, centre crop img_size")
+    eval_crop_pct: float | None = Field(None, gt=0.0, le=1.0, description="resize to img_size/pct, centre crop"
+                                        " img_size; default 1.0 with pad_crop (the image as it is), else 0.875")
     autoaugment: str | None = None
     mixup: float = Field(0.0, ge=0.0, description="Mixup Beta(alpha, alpha); 0 = off")
     cutmix: float = Field(0.0, ge=0.0, description="CutMix Beta(alpha, alpha); 0 = off")
@@ -85,6 +98,9 @@ class AugConfig(Frozen):
     def _ranges(self) -> AugConfig:
         if self.crop_scale is not None and not (0 < self.crop_scale[0] <= self.crop_scale[1] <= 1):
             raise ValueError("aug.crop_scale must satisfy 0 < min <= max <= 1")
+        if self.preset == "pad_crop" and self.crop_scale is not None:
+            raise ValueError("aug.crop_scale is the random-resized crop's; aug.preset=pad_crop does not use it"
+                             " (drop it, or set aug.preset=random_resized_crop)")
         return self
 
 
@@ -283,6 +299,10 @@ class Config(Frozen):
             raise ValueError("--method wsdan crops by attention per image; Mixup/CutMix are not supported with it")
         if self.data.decode == "device":  # the device path does random-resized crop + flip, nothing else
             a = self.aug
+            if a.preset == "pad_crop":
+                raise ValueError("data.decode=device does random-resized crop and flip only; aug.preset=pad_crop"
+                                 " needs the worker path (valid: aug.preset=random_resized_crop, or"
+                                 " data.decode=workers)")
             for given, what, valid in ((a.autoaugment, f"--autoaugment {a.autoaugment}", "--autoaugment none"),
                                        (a.color_jitter > 0, f"aug.color_jitter={a.color_jitter}", "aug.color_jitter=0"),
                                        (self.data.decoder != "auto", f"data.decoder={self.data.decoder}",

@@ -105,17 +105,16 @@ def open_hdf5(path: Path, val_split: str | None, decoder: str = "auto") -> DataB
     if "train" not in splits:
         raise DataError(f"--data {path}: the pack has no train split (splits: {', '.join(splits)})")
     mode = str(a["mode"])
-    val = chosen = None
-    for s in [val_split] if val_split else ["val", "test"]:
-        if s in splits:
-            val, chosen = HDF5Source(path, s, labels[s], mode, decoder), s
-            break
-    if val_split and val is None:
+    held = {s: HDF5Source(path, s, labels[s], mode, decoder) for s in ("val", "test") if s in splits}
+    if val_split and val_split not in held:
         raise DataError(f"--split {val_split}: not in the pack {path} (splits: {', '.join(splits)})")
+    chosen = val_split or ("test" if "test" in held else "val" if "val" in held else None)
+    val = held.pop(chosen, None)
     train = HDF5Source(path, "train", labels["train"], mode, decoder)
     return DataBundle(name=str(a.get("name", path.stem)), train=train, val=val,
                       class_names=list(json.loads(a["class_names"])), img_size=int(a["img_size"]),
-                      crop_scale=tuple(float(v) for v in a["crop_scale"]), hflip=float(a["hflip"]), val_split=chosen,
+                      crop_scale=tuple(float(v) for v in a["crop_scale"]), hflip=float(a["hflip"]), val_split=chosen, other_splits=held,
+                      aug_preset=str(a.get("aug_preset", "")) or None,
                       mean=tuple(float(v) for v in a["mean"]), std=tuple(float(v) for v in a["std"]))
 
 
@@ -209,9 +208,10 @@ def pack_folder(src: str | Path, out_h5: str | Path, mode: str = "encoded", size
     out = Path(out_h5)
     if out.suffix.lower() not in (".h5", ".hdf5"):
         raise DataError(f"OUT {out}: a pack must end in .h5 or .hdf5")
-    bundle = open_data(DataConfig(path=str(src), decoder=decoder))
+    bundle = open_data(DataConfig(path=str(src), decoder=decoder, select_split="none"))  # every training image
     root = Path(src) if Path(src).is_dir() else None
     splits = [("train", bundle.train)] + ([(bundle.val_split or "val", bundle.val)] if bundle.val is not None else [])
+    splits += sorted(bundle.other_splits.items())
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = out.with_name(f".{out.name}.tmp.{os.getpid()}")
     skipped: list[str] = []
@@ -222,6 +222,7 @@ def pack_folder(src: str | Path, out_h5: str | Path, mode: str = "encoded", size
                             "name": bundle.name, "class_names": json.dumps(bundle.class_names),
                             "splits": json.dumps([s for s, _ in splits]), "img_size": int(bundle.img_size),
                             "crop_scale": list(bundle.crop_scale), "hflip": float(bundle.hflip),
+                            "aug_preset": bundle.aug_preset or "",
                             "mean": list(bundle.mean), "std": list(bundle.std)})
             for split, source in splits:
                 counts[split] = _write_split(f, split, source, mode, size, root, skipped)

@@ -1,9 +1,20 @@
 """Image sources: an indexable set of (uint8 RGB image, label) with no transforms.
 
-`open_data(cfg.data)` returns a `DataBundle` (train and validation sources, class names, training
-class counts and the data set's defaults for image size and augmentation).  Folder trees
-(`ROOT/train/<class>/`, `ROOT/val/` or `ROOT/test/`), the built-in `digits`, named torchvision
+`open_data(cfg.data)` returns a `DataBundle` (train, reported and selection sources, class names,
+training class counts and the data set's defaults for image size and augmentation).  Folder trees
+(`ROOT/train/<class>/`, `ROOT/val/` and/or `ROOT/test/`), the built-in `digits`, named torchvision
 data sets (cifar10, cifar100) and HDF5 packs are supported.
+
+Two held-out roles, never the same images:
+- the *reported* split (`bundle.val`, `data.val_split`): what `imgcls eval` and a run's
+  `final_eval.json` report; test/ when a tree has val/ and test/.
+- the *selection* split (`bundle.select`, `data.select_split`): where the best checkpoint, tau and
+  any auto-tuned value are chosen.  The tree's val/ when test/ is reported; otherwise `carve`:
+  `data.carve_per_class` images a class (at most a fifth of the class), drawn with
+  `data.carve_seed` from the training images a long-tailed / capped subset leaves unused where a
+  class has enough of them, else from the training images themselves (which then train without
+  them).  CIFAR-10 has no validation split, so this is how one is made (ImageNet-LT's val has 20
+  images a class).
 """
 
 from __future__ import annotations
@@ -95,6 +106,11 @@ class DataBundle:
     mean: tuple[float, float, float] = IMAGENET_MEAN
     std: tuple[float, float, float] = IMAGENET_STD
     extra: dict[str, Any] = field(default_factory=dict)
+    aug_preset: str | None = None  # None: `default_preset(img_size)`
+    other_splits: dict[str, Source] = field(default_factory=dict)  # held-out splits that are not reported
+    select: Source | None = None
+    select_split: str | None = None  # "val" | "carve" | None
+    select_indices: np.ndarray | None = None  # carve: the held-out images, as indices into the full training split
 
     @property
     def num_classes(self) -> int:
@@ -102,6 +118,25 @@ class DataBundle:
 
     def class_counts(self) -> list[int]:
         return np.bincount(self.train.labels, minlength=self.num_classes).tolist()
+
+
+def default_preset(img_size: int) -> str:
+    """CIFAR-sized data (<= 64 px) trains with the CIFAR protocol's pad-and-crop, larger with the random-resized crop."""
+    return "pad_crop" if img_size <= 64 else "random_resized_crop"
+
+
+def native_size(files: list[Path], n: int = 16) -> int | None:
+    """The median shorter side of `n` images spread over `files` (headers only), or None if none is readable."""
+    from PIL import Image
+
+    sides = []
+    for f in files[:: max(1, len(files) // n)][:n]:
+        try:
+            with Image.open(f) as im:
+                sides.append(min(im.size))
+        except (OSError, ValueError, Image.DecompressionBombError):
+            continue
+    return int(np.median(sides)) if sides else None
 
 
 def _walk_files(top: Path) -> list[Path]:
@@ -146,26 +181,24 @@ def open_folder(root: Path, val_split: str | None, decoder: str) -> DataBundle:
     if not (root / "train").is_dir():
         raise DataError(f"--data {root}: no train/ folder (expected train/<class>/ and val/<class>/ or test/<class>/)")
     files, labels, classes = scan_split(root, "train")
-    splits = [val_split] if val_split else ["val", "test"]
-    val = None
-    chosen = None
-    for s in splits:
-        if (root / s).is_dir():
-            vf, vl, _ = scan_split(root, s, classes)
-            val, chosen = FolderSource(vf, vl, decoder), s
-            break
-    if val_split and val is None:
+    held = {s: FolderSource(*scan_split(root, s, classes)[:2], decoder) for s in ("val", "test") if (root / s).is_dir()}
+    if val_split and val_split not in held:
         raise DataError(f"--split {val_split}: {root / val_split} does not exist")
-    return DataBundle(name=root.name, train=FolderSource(files, labels, decoder), val=val, class_names=classes,
-                      img_size=224, crop_scale=(0.08, 1.0), hflip=0.5, val_split=chosen)
+    chosen = val_split or ("test" if "test" in held else "val" if "val" in held else None)
+    # images up to 224 px are trained at their own size (no silent upscaling); larger ones at 224
+    size = min(native_size(files) or 224, 224)
+    return DataBundle(name=root.name, train=FolderSource(files, labels, decoder), val=held.pop(chosen, None),
+                      class_names=classes, img_size=size, crop_scale=(0.08, 1.0), hflip=0.5, val_split=chosen,
+                      other_splits=held)
 
 
 def open_digits() -> DataBundle:
     from .digits import load_digits_arrays
 
     xtr, ytr, xva, yva, names = load_digits_arrays()
+    # digits keeps its own tuned default (random-resized crop 0.5-1, no flip): no paper protocol applies to it
     return DataBundle(name="digits", train=ArraySource(xtr, ytr), val=ArraySource(xva, yva), class_names=names,
-                      img_size=32, crop_scale=(0.5, 1.0), hflip=0.0, val_split="val")
+                      img_size=32, crop_scale=(0.5, 1.0), hflip=0.0, val_split="val", aug_preset="random_resized_crop")
 
 
 def open_torchvision(name: str, cache_dir: str) -> DataBundle:
@@ -206,10 +239,61 @@ def open_data(cfg: Any) -> DataBundle:
                             f"or one of: digits, cifar10, cifar100)")
     if cfg.val_split and cfg.val_split != bundle.val_split:  # fixed held-out splits (digits: val, cifar: test)
         raise DataError(f"--split {cfg.val_split}: {path} has one held-out split (valid: {bundle.val_split})")
+    keep = None
     if cfg.imbalance_ratio or cfg.max_train_per_class:
         from .longtail import longtail_indices
 
-        idx = longtail_indices(bundle.train.labels, bundle.num_classes, ratio=cfg.imbalance_ratio or 1.0,
-                               profile=cfg.imbalance_profile, max_per_class=cfg.max_train_per_class)
-        bundle.train = bundle.train.subset(idx)
+        keep = longtail_indices(bundle.train.labels, bundle.num_classes, ratio=cfg.imbalance_ratio or 1.0,
+                                profile=cfg.imbalance_profile, max_per_class=cfg.max_train_per_class)
+    choose_selection(bundle, cfg, keep)
     return bundle
+
+
+def resolve_select(requested: str, bundle: DataBundle) -> str:
+    """`auto` -> val when the tree has a val/ that is not the reported split, else carve (none without a reported
+    split: nothing is reported, so there is nothing to keep apart)."""
+    if requested != "auto":
+        return requested
+    if "val" in bundle.other_splits:
+        return "val"
+    return "carve" if bundle.val is not None else "none"
+
+
+def carve_indices(labels: np.ndarray, num_classes: int, keep: np.ndarray | None, per_class: int,
+                  seed: int) -> np.ndarray:
+    """Indices (into `labels`, the full training split) of the carved selection split: for each class
+    `per_class` images drawn from the images `keep` leaves out where the class has that many, else
+    min(per_class, n_c // 5) of its n_c kept training images.  Seeded by `seed` alone: the same for every run."""
+    rng = np.random.default_rng(seed)
+    kept = np.zeros(len(labels), bool)
+    kept[np.arange(len(labels)) if keep is None else keep] = True
+    out = []
+    for c in range(num_classes):
+        in_c = labels == c
+        unused = np.flatnonzero(in_c & ~kept)
+        if len(unused) >= per_class:
+            pool, k = unused, per_class
+        else:
+            pool = np.flatnonzero(in_c & kept)
+            k = min(per_class, len(pool) // 5)
+        out.append(rng.choice(pool, size=k, replace=False) if k else np.zeros(0, np.int64))
+    return np.sort(np.concatenate(out)).astype(np.int64)
+
+
+def choose_selection(bundle: DataBundle, cfg: Any, keep: np.ndarray | None) -> None:
+    """Set the bundle's training subset and its selection split (see the module docstring)."""
+    mode = resolve_select(cfg.select_split, bundle)
+    full = bundle.train
+    if mode == "val":
+        if "val" not in bundle.other_splits:
+            raise DataError(f"data.select_split=val: {cfg.path} has no val split apart from the reported"
+                            f" {bundle.val_split!r} (valid: carve, none)")
+        bundle.select = bundle.other_splits["val"]
+    elif mode == "carve":
+        sel = carve_indices(full.labels, bundle.num_classes, keep, cfg.carve_per_class, cfg.carve_seed)
+        base = np.arange(len(full.labels)) if keep is None else keep
+        keep = np.setdiff1d(base, sel)  # sorted; images carved from the kept ones no longer train
+        bundle.select, bundle.select_indices = full.subset(sel), sel
+    if keep is not None:
+        bundle.train = full.subset(keep)
+    bundle.select_split = mode if mode != "none" else None

@@ -1,8 +1,13 @@
 """albumentations pipelines.  Images stay uint8 (H, W, 3) until they reach the device.
 
-Train preset: RandomResizedCrop(scale, ratio) + HorizontalFlip(p) [+ ColorJitter]
-[+ AutoAugment-family policy].  Eval preset: resize the shorter side to img_size / crop_pct, then
-centre-crop img_size (timm's and torchvision's ImageNet evaluation).
+Train presets (`aug.preset`):
+- `random_resized_crop`: RandomResizedCrop(scale, ratio) + HorizontalFlip(p) (the ImageNet protocol).
+- `pad_crop`: zero-pad `aug.pad` pixels on each side, a uniformly placed img_size x img_size crop,
+  HorizontalFlip(p): the CIFAR protocol of He et al. (arXiv:1512.03385, section 4.2), used by
+  LDAM, Decoupling, BBN and Mixup (torchvision's `RandomCrop(32, padding=4)`).
+Either is followed by [ColorJitter] [+ AutoAugment-family policy].  Eval: resize the shorter side to
+img_size / crop_pct, then centre-crop img_size (timm's and torchvision's ImageNet evaluation); with
+crop_pct 1 and an image already img_size square (the CIFAR protocol), the image as it is.
 
 The train preset is a `TrainCompose`: an `A.Compose` whose call runs the crop and flip through the
 transforms' own parameter sampling (`get_params_dependent_on_data`, `should_apply`) and then calls
@@ -64,9 +69,18 @@ class TrainCompose(A.Compose):
 
 
 def train_transform(img_size: int, crop_scale: tuple[float, float], crop_ratio: tuple[float, float], hflip: float,
-                    color_jitter: float = 0.0, autoaugment: str | None = None) -> TrainCompose:
-    ops: list[Any] = [A.RandomResizedCrop(size=(img_size, img_size), scale=tuple(crop_scale), ratio=tuple(crop_ratio),
-                                          interpolation=cv2.INTER_LINEAR)]
+                    color_jitter: float = 0.0, autoaugment: str | None = None, preset: str = "random_resized_crop",
+                    pad: int = 4) -> A.Compose:
+    if preset == "pad_crop":
+        # (H, W) -> (H + 2 pad, W + 2 pad) zeros around -> a crop at offsets uniform in 0..2 pad (images of another
+        # size are first resized so the crop is img_size; CIFAR images already are)
+        ops: list[Any] = [A.SmallestMaxSize(max_size=img_size, interpolation=cv2.INTER_LINEAR),
+               A.CenterCrop(height=img_size, width=img_size),
+               A.Pad(padding=pad, border_mode=cv2.BORDER_CONSTANT, fill=0),
+               A.RandomCrop(height=img_size, width=img_size)]
+    else:
+        ops = [A.RandomResizedCrop(size=(img_size, img_size), scale=tuple(crop_scale), ratio=tuple(crop_ratio),
+                                   interpolation=cv2.INTER_LINEAR)]
     if hflip > 0:
         ops.append(A.HorizontalFlip(p=hflip))
     if color_jitter > 0:
@@ -76,7 +90,7 @@ def train_transform(img_size: int, crop_scale: tuple[float, float], crop_ratio: 
         from ..registry import AUTOAUGMENT
 
         ops.append(AUTOAUGMENT.get(autoaugment)())
-    return TrainCompose(ops, seed=0)
+    return A.Compose(ops, seed=0) if preset == "pad_crop" else TrainCompose(ops, seed=0)
 
 
 def eval_transform(img_size: int, crop_pct: float = 0.875) -> A.Compose:
@@ -85,10 +99,25 @@ def eval_transform(img_size: int, crop_pct: float = 0.875) -> A.Compose:
                       A.CenterCrop(height=img_size, width=img_size)], seed=0)
 
 
+def preset_of(cfg: Any, bundle: Any) -> str:
+    from .sources import default_preset
+
+    size = cfg.data.img_size or bundle.img_size
+    return cfg.aug.preset or bundle.aug_preset or default_preset(size)
+
+
+def eval_crop_pct(cfg: Any, bundle: Any) -> float:
+    """aug.eval_crop_pct, or its preset's default: 1.0 (the image as it is) for pad_crop, else 0.875."""
+    if cfg.aug.eval_crop_pct is not None:
+        return cfg.aug.eval_crop_pct
+    return 1.0 if preset_of(cfg, bundle) == "pad_crop" else 0.875
+
+
 def transforms_from_config(cfg: Any, bundle: Any) -> tuple[A.Compose, A.Compose]:
     """(train, eval) pipelines for a resolved Config and its DataBundle."""
     a = cfg.aug
     size = cfg.data.img_size or bundle.img_size
     train = train_transform(size, a.crop_scale or bundle.crop_scale, a.crop_ratio,
-                            bundle.hflip if a.hflip is None else a.hflip, a.color_jitter, a.autoaugment)
-    return train, eval_transform(size, a.eval_crop_pct)
+                            bundle.hflip if a.hflip is None else a.hflip, a.color_jitter, a.autoaugment,
+                            preset_of(cfg, bundle), a.pad)
+    return train, eval_transform(size, eval_crop_pct(cfg, bundle))

@@ -60,6 +60,35 @@ def eval_loader(ckpt: Checkpoint, data: str | None, split: str | None, batch_siz
     return cfg, bundle, loader, norm
 
 
+def selection_loader(ckpt: Checkpoint, batch_size: int | None, workers: int | None, device: torch.device,
+                     option: str = "--tau-norm auto"):
+    """(cfg, loader, normaliser) over the checkpoint's own selection split (`data.select_split`), where tau and
+    other values are chosen; never the reported split."""
+    from ..errors import ImgclsError
+
+    cfg = ckpt.config
+    if workers is not None:
+        cfg = cfg.replace(**{"data.workers": workers})
+    bundle = open_data(cfg.data)
+    if bundle.select is None or len(bundle.select) == 0:
+        raise ImgclsError(f"{option}: the run of {ckpt.path} has no selection split (data.select_split="
+                          f"{cfg.data.select_split}), and nothing is chosen on the reported split; give a number")
+    if bundle.select_split == "carve":
+        saved = ckpt.raw.get("select_indices")
+        if saved is None:
+            raise ImgclsError(f"{option}: {ckpt.path} was written before imgcls carved selection splits, so its model"
+                              " trained on the images a carve would pick; give a number")
+        if list(saved) != bundle.select_indices.tolist():
+            raise DataError(f"{option}: --data {cfg.data.path}: the carved selection split differs from the one the checkpoint"
+                            " was trained without (the data changed); give a number")
+    _, eval_tf = transforms_from_config(cfg, bundle)
+    bs = batch_size or cfg.train.eval_batch_size or cfg.train.batch_size * 2
+    ds = ImageDataset(bundle.select, eval_tf)
+    loader = prefetch_to(make_loader(ds, None, bs, cfg.data.workers, device.type == "cuda"), device, True)
+    norm = DeviceNormalizer(ckpt.mean, ckpt.std, device, bool(cfg.train.channels_last) and device.type == "cuda")
+    return cfg, loader, norm
+
+
 def evaluate_checkpoint(path: str | Path, data: str | None = None, split: str | None = None,
                         batch_size: int | None = None, workers: int | None = None, device: str = "auto",
                         logits_transform: Any = None) -> EvalOutput:

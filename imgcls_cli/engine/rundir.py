@@ -103,3 +103,10 @@ def append_jsonl(path: Path, record: dict[str, Any]) -> None:
         f.write(json.dumps(record) + "\n")
         f.flush()
         os.fsync(f.fileno())
+
+
+def write_json_atomic(path: Path, obj: dict[str, Any]) -> None:
+    """Write `obj` as JSON to `path` through a temporary file: a reader never sees half a file."""
+    tmp = path.with_name(f".{path.name}.tmp.{os.getpid()}")
+    tmp.write_text(json.dumps(obj, indent=2) + "\n")
+    os.replace(tmp, path)

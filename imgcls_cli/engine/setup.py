@@ -14,8 +14,8 @@ from ..data.device_prefetch import prefetch_to
 from ..data.loader import DeviceNormalizer, make_loader
 from ..data.samplers import SequentialShard
 from ..data.sources import DataBundle, open_data
-from ..data.transforms import transforms_from_config
-from ..errors import DataError
+from ..data.transforms import eval_crop_pct, preset_of, transforms_from_config
+from ..errors import DataError, ImgclsError
 from ..registry import SAMPLERS
 from . import distributed as dist
 
@@ -27,7 +27,19 @@ def resolve_config(cfg: Config, bundle: DataBundle, device: torch.device) -> Con
         upd["data.img_size"] = bundle.img_size
     if cfg.data.val_split is None and bundle.val_split:
         upd["data.val_split"] = bundle.val_split
-    if cfg.aug.crop_scale is None:
+    upd["data.select_split"] = bundle.select_split or "none"
+    preset = preset_of(cfg, bundle)
+    if cfg.aug.preset is None:
+        upd["aug.preset"] = preset
+    if preset == "pad_crop" and cfg.aug.crop_scale is not None:
+        raise ImgclsError(f"aug.crop_scale: the random-resized crop's option, and {cfg.data.path} trains with"
+                          " aug.preset=pad_crop (drop it, or set aug.preset=random_resized_crop)")
+    if preset == "pad_crop" and cfg.data.decode == "device":
+        raise ImgclsError(f"data.decode=device does random-resized crop and flip only; {cfg.data.path} trains with"
+                          " aug.preset=pad_crop (valid: aug.preset=random_resized_crop, or data.decode=workers)")
+    if cfg.aug.eval_crop_pct is None:
+        upd["aug.eval_crop_pct"] = eval_crop_pct(cfg, bundle)
+    if cfg.aug.crop_scale is None and preset == "random_resized_crop":
         upd["aug.crop_scale"] = list(bundle.crop_scale)
     if cfg.aug.hflip is None:
         upd["aug.hflip"] = bundle.hflip
@@ -45,8 +57,9 @@ class DataSetup:
     val_set: ImageDataset | None
     train_sampler: Any
     train_loader: Any  # a DataLoader, wrapped: DeviceDecodeLoader (data.decode=device), DevicePrefetchLoader (CUDA)
-    val_loader: Any  # a DataLoader (a DevicePrefetchLoader around one on CUDA) or None
+    val_loader: Any  # the reported split: a DataLoader (a DevicePrefetchLoader around one on CUDA) or None
     normalizer: DeviceNormalizer
+    select_loader: Any = None  # the selection split (best checkpoint), same kind of loader, or None
 
 
 def make_sampler(name: str, cfg: Config, labels: Any, num_classes: int, salt: int = 0) -> Any:
@@ -78,17 +91,24 @@ def setup_data(cfg: Config, bundle: DataBundle, device: torch.device) -> DataSet
     train_cls = EncodedTrainSet if cfg.data.decode == "device" else ImageDataset
     train_set = train_cls(bundle.train, train_tf, seed=cfg.train.seed)
     sampler = make_sampler(cfg.data.sampler, cfg, bundle.train.labels, bundle.num_classes)
-    bs = cfg.train.batch_size
-    pin = cfg.data.pin_memory and device.type == "cuda"
     train_loader = train_loader_for(cfg, train_set, sampler, device, cfg.train.seed)
     val_set = val_loader = None
     if bundle.val is not None and len(bundle.val) > 0:
-        val_set = ImageDataset(bundle.val, eval_tf, seed=cfg.train.seed)
-        shard = SequentialShard(len(val_set), dist.world_size(), dist.rank())
-        val_bs = cfg.train.eval_batch_size or bs * 2
-        val_loader = prefetch_to(make_loader(val_set, shard, val_bs, cfg.data.workers, pin), device, pin)
+        val_set, val_loader = eval_loader_for(cfg, bundle.val, eval_tf, device)
+    select_loader = None
+    if bundle.select is not None and len(bundle.select) > 0:
+        _, select_loader = eval_loader_for(cfg, bundle.select, eval_tf, device)
     norm = DeviceNormalizer(bundle.mean, bundle.std, device, bool(cfg.train.channels_last))
-    return DataSetup(bundle, train_set, val_set, sampler, train_loader, val_loader, norm)
+    return DataSetup(bundle, train_set, val_set, sampler, train_loader, val_loader, norm, select_loader)
+
+
+def eval_loader_for(cfg: Config, source: Any, eval_tf: Any, device: torch.device) -> tuple[ImageDataset, Any]:
+    """A held-out split's dataset and loader, sharded over the ranks in order."""
+    pin = cfg.data.pin_memory and device.type == "cuda"
+    ds = ImageDataset(source, eval_tf, seed=cfg.train.seed)
+    shard = SequentialShard(len(ds), dist.world_size(), dist.rank())
+    bs = cfg.train.eval_batch_size or cfg.train.batch_size * 2
+    return ds, prefetch_to(make_loader(ds, shard, bs, cfg.data.workers, pin), device, pin)
 
 
 def second_stream(cfg: Config, data: DataSetup, name: str, device: torch.device) -> tuple[Any, Any]:

@@ -56,6 +56,8 @@ def build_checkpoint(trainer: Any, epoch: int, position: int) -> dict[str, Any]:
         "rng": rng_state(),
         "torch_version": str(torch.__version__),  # TorchVersion is not weights_only-loadable
     }
+    if trainer.bundle.select_indices is not None:  # the carved selection split: these images never trained
+        ckpt["select_indices"] = [int(i) for i in trainer.bundle.select_indices]
     if trainer.ema is not None:
         ckpt["train_model"] = trainer.model.state_dict()
         ckpt["ema"] = trainer.ema.state_dict()

@@ -1,9 +1,12 @@
 """The training loop.  It knows no method by name: a Task turns batches into losses.
 
 Per step: uint8 batch -> device -> normalise -> (Mixup/CutMix) -> autocast forward via the Task ->
-backward (with accumulation) -> optimizer + per-step schedule -> EMA.  Per epoch: evaluation,
-`metrics.jsonl`, atomic `last.pt` / `best.pt`.  Loss and accuracy are accumulated on the device
-and read only when the progress bar is refreshed.
+backward (with accumulation) -> optimizer + per-step schedule -> EMA.  Per epoch: evaluation on
+the *selection* split (`data.select_split`: the tree's val/ when test/ is reported, else one carved
+from the training images), `metrics.jsonl` (its `val_*` keys are that split's), atomic `last.pt` /
+`best.pt` (best on the selection split).  At the end, `best.pt` is evaluated once on the *reported*
+split (`data.val_split`) into `final_eval.json`: nothing is ever chosen on the reported images.
+Loss and accuracy are accumulated on the device and read only when the progress bar is refreshed.
 """
 
 from __future__ import annotations
@@ -51,11 +54,12 @@ class Interrupted(Exception):
 @dataclass
 class TrainResult:
     run_dir: Path
-    best_top1: float
-    last_top1: float
+    best_top1: float  # on the selection split
+    last_top1: float  # on the selection split
     best_epoch: int
     epochs_run: int
     config: Config
+    final: dict[str, Any] | None = None  # final_eval.json: best.pt on the reported split
 
 
 def _freeze_backbone(model: torch.nn.Module, head_path: str, frozen: bool) -> None:
@@ -130,6 +134,7 @@ class Trainer:
 
             self.mixer = Mixer(cfg.aug, bundle.num_classes)
         self.start_epoch, self.position, self.best, self.best_epoch = 0, 0, -1.0, -1
+        self.best_state: dict[str, torch.Tensor] | None = None  # best.pt's weights, for the final evaluation
         self.global_step = 0
         self.run_dir = make_run_dir(cfg, self.resume_from) if dist.is_main() else None
         self.bad_reported: set[str] = set()  # by reason text (it names the file): indices repeat across splits
@@ -180,9 +185,12 @@ class Trainer:
         if dist.is_main():
             (self.run_dir / "config.yaml").write_text(cfg.to_yaml())
             mark_latest(self.run_dir, cfg.train.runs_dir if not cfg.train.out else Path(cfg.train.runs_dir))
-            self.console.print(f"run directory: [bold]{self.run_dir}[/bold]  ({len(self.bundle.train)} train /"
-                               f" {len(self.bundle.val) if self.bundle.val else 0} val images,"
-                               f" {self.bundle.num_classes} classes, device {self.device})")
+            b = self.bundle
+            sel = f" / {len(b.select)} selection ({b.select_split})" if b.select is not None else ""
+            self.console.print(f"run directory: [bold]{self.run_dir}[/bold]  ({len(b.train)} train{sel} /"
+                               f" {len(b.val) if b.val else 0} {cfg.data.val_split or 'val'} images,"
+                               f" {b.num_classes} classes, {cfg.data.img_size} px {cfg.aug.preset},"
+                               f" device {self.device})")
         old = {s: signal.signal(s, self._on_signal) for s in (signal.SIGTERM, signal.SIGINT)}
         self.last_top1 = float("nan")
         epoch = self.start_epoch
@@ -196,13 +204,44 @@ class Trainer:
                         raise
                     self._save(epoch + 1, 0, is_best=False)
                     raise crash_error(e, self.run_dir) from None
+            final = self._final_eval()
         except Interrupted as e:
             raise SystemExit(e.exit_code) from None
         finally:
             for s, h in old.items():
                 signal.signal(s, h)
         dist.cleanup()
-        return TrainResult(self.run_dir, self.best, self.last_top1, self.best_epoch, epoch + 1, cfg)
+        return TrainResult(self.run_dir, self.best, self.last_top1, self.best_epoch, epoch + 1, cfg, final)
+
+    def _final_eval(self) -> dict[str, Any] | None:
+        """Evaluate best.pt (the selection split's choice; the last epoch without one) once on the reported split and
+        write RUN/final_eval.json: the numbers a run reports."""
+        if self.data.val_loader is None:
+            return None
+        chosen = self.best_epoch if self.data.select_loader is not None and self.best_epoch > 0 else None
+        model = self.ema.module if self.ema is not None else self.model
+        if chosen is not None:
+            state = self.best_state
+            if state is None:  # resumed after the best epoch: best.pt holds it
+                from .checkpoint import read_checkpoint
+
+                src = self.run_dir if self.run_dir is not None else Path(self.cfg.train.resume)
+                state = read_checkpoint((src if src.is_dir() else src.parent) / "best.pt")["model"]
+            model.load_state_dict(state)
+        res = self.evaluate(self.data.val_loader)
+        summary = res.summary(self.bundle.class_names, self.class_counts)
+        summary.update(checkpoint="best.pt" if chosen is not None else "last.pt",
+                       epoch=chosen if chosen is not None else self.cfg.train.epochs,
+                       selected_on=self.bundle.select_split, data=self.cfg.data.path, split=self.cfg.data.val_split)
+        if dist.is_main():
+            from .rundir import write_json_atomic
+
+            write_json_atomic(self.run_dir / "final_eval.json", summary)
+            on = (f"best.pt, epoch {chosen}, chosen on the {self.bundle.select_split} selection split" if chosen
+                  else "last epoch, no selection split")
+            self.console.print(f"{self.cfg.data.val_split} (reported): top1 {summary['top1']:.2f}%  top5"
+                               f" {summary['top5']:.2f}%  ({on})")
+        return summary
 
     def _end_epoch(self, epoch: int, stats: dict[str, Any]) -> None:
         """Start the next epoch's loading, evaluate, checkpoint, log."""
@@ -210,23 +249,25 @@ class Trainer:
         if epoch + 1 < cfg.train.epochs:
             self.epoch_batches.prefetch(epoch + 1)  # the workers load it during evaluation and checkpointing
         record: dict[str, Any] = {"epoch": epoch + 1, **stats}
-        if self.data.val_loader is not None and ((epoch + 1) % cfg.train.eval_every == 0
-                                                 or epoch + 1 == cfg.train.epochs):
-            res = self.evaluate()
+        sel = self.data.select_loader  # never the reported split: that one is evaluated once, in _final_eval
+        if sel is not None and ((epoch + 1) % cfg.train.eval_every == 0 or epoch + 1 == cfg.train.epochs):
+            res = self.evaluate(sel)
             self.last_top1 = res.top1
             record.update(val_top1=res.top1, val_top5=res.top5, val_loss=res.loss_sum / max(1, res.n),
-                          val_mean_class_acc=res.mean_class_acc, val_n=res.n)
+                          val_mean_class_acc=res.mean_class_acc, val_n=res.n, val_split=self.bundle.select_split)
             is_best = res.top1 > self.best
             if is_best:
                 self.best, self.best_epoch = res.top1, epoch + 1
+                evaluated = self.ema.module if self.ema is not None else self.model
+                self.best_state = {k: v.detach().to("cpu", copy=True) for k, v in evaluated.state_dict().items()}
         else:
-            is_best = self.data.val_loader is None
+            is_best = sel is None
         self._save(epoch + 1, 0, is_best)
         if dist.is_main():
             append_jsonl(self.run_dir / "metrics.jsonl", record)
             self.console.print(epoch_line(record, cfg.train.epochs))
 
-    def evaluate(self):
+    def evaluate(self, loader: Any):
         model = self.ema.module if self.ema is not None else self.model
         model.eval()
         amp = autocast(self.device, self.cfg.train)
@@ -235,7 +276,7 @@ class Trainer:
             with amp:
                 return self.task.eval_logits(model, x)
 
-        res = evaluate(logits_fn, self.data.val_loader, self.data.normalizer, self.bundle.num_classes, self.device,
+        res = evaluate(logits_fn, loader, self.data.normalizer, self.bundle.num_classes, self.device,
                        on_bad=self._report_bad)
         return res
 
