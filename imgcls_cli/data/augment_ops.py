@@ -86,9 +86,14 @@ def _blend(img: np.ndarray, scaled_degenerate: np.ndarray, factor: float) -> np.
 
 def _warp(img: np.ndarray, inverse: np.ndarray) -> np.ndarray:
     """Sample img at inverse @ (x, y, 1) for every output pixel (pixel centres at integer coordinates)."""
+    # The nearest source pixel is rounded half to even, as torch's grid_sample does (cv2's INTER_NEAREST rounds
+    # exact ties up, which a shear by a multiple of 0.1 hits on every fifth row), then gathered by cv2.remap.
     h, w = img.shape[:2]
-    return cv2.warpAffine(img, inverse.astype(np.float64), (w, h), flags=cv2.INTER_NEAREST | cv2.WARP_INVERSE_MAP,
-                          borderMode=cv2.BORDER_CONSTANT, borderValue=(0, 0, 0))
+    ys, xs = np.mgrid[0:h, 0:w].astype(np.float64)  # (H, W) each
+    a = inverse.astype(np.float64)
+    map_x = np.rint(a[0, 0] * xs + a[0, 1] * ys + a[0, 2]).astype(np.float32)
+    map_y = np.rint(a[1, 0] * xs + a[1, 1] * ys + a[1, 2]).astype(np.float32)
+    return cv2.remap(img, map_x, map_y, cv2.INTER_NEAREST, borderMode=cv2.BORDER_CONSTANT, borderValue=(0, 0, 0))
 
 
 def shear_x(img: np.ndarray, m: float) -> np.ndarray:
