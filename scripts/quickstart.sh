@@ -6,14 +6,15 @@ bash scripts/setup.sh
 .venv/bin/imgcls train --config examples/digits.yaml
 RUN=$(cat runs/latest.txt)
 .venv/bin/imgcls eval "$RUN/best.pt" --json "$RUN/eval.json"
-# one validation digit as a PNG file, to explain with a class-activation map
+# one test digit as a PNG file, to explain with a class-activation map
 .venv/bin/python - "$RUN/digit.png" <<'PY'
 import sys
 from PIL import Image
 from imgcls_cli.data.digits import load_digits_arrays
-_, _, xva, yva, _ = load_digits_arrays()
-Image.fromarray(xva[0]).resize((128, 128), Image.NEAREST).save(sys.argv[1])
-print(f"wrote {sys.argv[1]} (a '{yva[0]}')")
+splits, _ = load_digits_arrays()
+xte, yte = splits["test"]
+Image.fromarray(xte[0]).resize((128, 128), Image.NEAREST).save(sys.argv[1])
+print(f"wrote {sys.argv[1]} (a '{yte[0]}')")
 PY
 .venv/bin/imgcls cam "$RUN/digit.png" --method gradcam --out "$RUN/cam"
 echo "run directory: $RUN  (metrics.jsonl, best.pt, eval.json, confusion.png, cam/)"

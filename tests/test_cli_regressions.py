@@ -30,21 +30,28 @@ def _one_line(result, *needles: str) -> str:
 
 
 # ---------------------------------------------------------------- --split of a fixed-split data set
-@pytest.mark.parametrize("split", ["test", "train", "foo"])
-def test_digits_split_other_than_val_is_refused(split: str) -> None:
-    """digits has one held-out split, `val`; --split test used to evaluate `val` and label it `test`."""
+@pytest.mark.parametrize("split", ["train", "foo"])
+def test_digits_split_other_than_val_or_test_is_refused(split: str) -> None:
+    """digits has two held-out splits, val (selection) and test (reported); a --split naming another is refused
+    (--split test used to evaluate `val` and label it `test`)."""
     with pytest.raises(DataError, match=f"--split {split}"):
         open_data(DataConfig(path="digits", val_split=split))
-    assert open_data(DataConfig(path="digits", val_split="val")).val_split == "val"
-    _one_line(runner.invoke(app, ["train", "--split", split]), f"--split {split}", "valid: val")
+    default = open_data(DataConfig(path="digits"))
+    assert default.val_split == "test" and default.select_split == "val" and len(default.val) == 180
+    asked = open_data(DataConfig(path="digits", val_split="val"))
+    assert asked.val_split == "val" and asked.select_split == "carve"  # val is reported: select elsewhere
+    _one_line(runner.invoke(app, ["train", "--split", split]), f"--split {split}", "valid: val, test")
     assert not Path("runs").exists()
 
 
 def test_eval_split_of_digits_checkpoint(tmp_path: Path) -> None:
     res = ic.train(**quick_overrides(**{"train.out": str(tmp_path / "r"), "data.img_size": 16,
                                         "train.steps_per_epoch": 1}))
-    _one_line(runner.invoke(app, ["eval", str(res.run_dir), "--split", "test"]), "--split test", "valid: val")
-    assert not (Path(res.run_dir) / "eval_test").exists()
+    _one_line(runner.invoke(app, ["eval", str(res.run_dir), "--split", "train"]), "--split train", "valid: val, test")
+    assert not (Path(res.run_dir) / "eval_train").exists()
+    r = runner.invoke(app, ["eval", str(res.run_dir), "--split", "val", "--device", "cpu"])
+    assert r.exit_code == 0, r.output
+    assert (Path(res.run_dir) / "eval_val").is_dir()
 
 
 # ---------------------------------------------------------------- --resume
@@ -198,5 +205,5 @@ def test_images_in_a_linked_subfolder_count_and_link_cycles_do_not(tmp_path: Pat
     extra = make_folder_dataset(tmp_path / "extra", classes=1, train=2, val=1, size=8) / "train" / "class_0"
     (root / "train" / "class_0" / "more").symlink_to(extra, target_is_directory=True)
     (root / "train" / "class_1" / "loop").symlink_to("..", target_is_directory=True)
-    bundle = open_data(DataConfig(path=str(root)))
+    bundle = open_data(DataConfig(path=str(root), select_split="none"))
     assert bundle.class_counts() == [5, 3]

@@ -121,7 +121,8 @@ class DataBundle:
 
 
 def default_preset(img_size: int) -> str:
-    """CIFAR-sized data (<= 64 px) trains with the CIFAR protocol's pad-and-crop, larger with the random-resized crop."""
+    """CIFAR-sized data (<= 64 px) trains with the CIFAR protocol's pad-and-crop, larger data with the
+    random-resized crop."""
     return "pad_crop" if img_size <= 64 else "random_resized_crop"
 
 
@@ -192,13 +193,19 @@ def open_folder(root: Path, val_split: str | None, decoder: str) -> DataBundle:
                       other_splits=held)
 
 
-def open_digits() -> DataBundle:
+def open_digits(val_split: str | None = None) -> DataBundle:
+    """digits: train / val / test as a folder tree with all three (test reported, val for selection)."""
     from .digits import load_digits_arrays
 
-    xtr, ytr, xva, yva, names = load_digits_arrays()
+    splits, names = load_digits_arrays()
+    chosen = val_split or "test"
+    if chosen not in ("val", "test"):
+        raise DataError(f"--split {chosen}: digits has the held-out splits val and test (valid: val, test)")
+    other = "val" if chosen == "test" else "test"
     # digits keeps its own tuned default (random-resized crop 0.5-1, no flip): no paper protocol applies to it
-    return DataBundle(name="digits", train=ArraySource(xtr, ytr), val=ArraySource(xva, yva), class_names=names,
-                      img_size=32, crop_scale=(0.5, 1.0), hflip=0.0, val_split="val", aug_preset="random_resized_crop")
+    return DataBundle(name="digits", train=ArraySource(*splits["train"]), val=ArraySource(*splits[chosen]),
+                      class_names=names, img_size=32, crop_scale=(0.5, 1.0), hflip=0.0, val_split=chosen,
+                      other_splits={other: ArraySource(*splits[other])}, aug_preset="random_resized_crop")
 
 
 def open_torchvision(name: str, cache_dir: str) -> DataBundle:
@@ -223,7 +230,7 @@ def open_data(cfg: Any) -> DataBundle:
     """Open the data set named by a `DataConfig` (long-tail subsetting applied)."""
     path = cfg.path
     if path == "digits":
-        bundle = open_digits()
+        bundle = open_digits(cfg.val_split)
     elif path in ("cifar10", "cifar100"):
         bundle = open_torchvision(path, cfg.cache_dir)
     else:
@@ -237,7 +244,7 @@ def open_data(cfg: Any) -> DataBundle:
         else:
             raise DataError(f"--data {path}: no such folder or file (give an image-folder tree, an .h5 pack, "
                             f"or one of: digits, cifar10, cifar100)")
-    if cfg.val_split and cfg.val_split != bundle.val_split:  # fixed held-out splits (digits: val, cifar: test)
+    if cfg.val_split and cfg.val_split != bundle.val_split:  # a fixed held-out split (cifar: test)
         raise DataError(f"--split {cfg.val_split}: {path} has one held-out split (valid: {bundle.val_split})")
     keep = None
     if cfg.imbalance_ratio or cfg.max_train_per_class:
