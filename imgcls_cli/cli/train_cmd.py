@@ -61,6 +61,10 @@ def _base_for_resume(resume: str, ov: dict[str, Any]) -> dict[str, Any]:
     cfg = read_checkpoint(resume_path(SimpleNamespace(train=where)))["config"]  # a file, a run folder, or auto
     # where the run lived then: it continues in the checkpoint's folder unless --out/--name is given now
     cfg.get("train", {}).update(out=None, name=None)
+    data = cfg.get("data", {})
+    if "data.path" in ov and ov["data.path"] != data.get("path"):  # its splits were resolved for the old data set
+        data.pop("val_split", None)
+        data.pop("select_split", None)
     return cfg
 
 
@@ -133,6 +137,9 @@ def train_command(
             raise ImgclsError(f"--milestones {milestones!r}: expected comma-separated epochs, e.g. 120,160") from None
     ov = overrides_from(OPTION_PATHS, values)
     ov.update(_parse_set(set_ or []))
+    if resume and "train.out" not in ov and "train.name" not in ov:
+        # a config file's out/name is where a new run from it goes; resuming continues in the checkpoint's folder
+        ov.update({"train.out": None, "train.name": None})
     base = _base_for_resume(resume, ov) if resume and config is None else None
     if base is not None:
         for k, v in ov.items():

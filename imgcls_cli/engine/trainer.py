@@ -141,6 +141,7 @@ class Trainer:
         self.stop_signal: int | None = None
         if self.resume_state is not None:
             self._restore(self.resume_state)
+            self._carry_best()
 
     # ------------------------------------------------------------------------------------
     def _batches_per_epoch(self) -> int:
@@ -168,6 +169,17 @@ class Trainer:
         if dist.is_main():
             where = f"epoch {self.start_epoch + 1}" + (f", item {self.position}" if self.position else "")
             self.console.print(f"resuming from {self.cfg.train.resume} at {where}")
+
+    def _carry_best(self) -> None:
+        """A run resumed into a new --out starts with its source's best.pt, so the branch is complete on its own."""
+        if self.run_dir is None or self.resume_from is None:
+            return
+        src = Path(self.resume_from).parent / "best.pt"
+        dst = self.run_dir / "best.pt"
+        if src.is_file() and not dst.exists() and src.resolve() != dst.resolve():
+            import shutil
+
+            shutil.copy2(src, dst)
 
     def _on_signal(self, signum: int, _frame: Any) -> None:
         self.stop_signal = signum
