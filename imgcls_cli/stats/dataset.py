@@ -92,7 +92,8 @@ def dataset_stats(path: str, imbalance_ratio: float | None = None, max_images: i
     from ..errors import ImgclsError
 
     try:
-        data_cfg = DataConfig(path=str(path), imbalance_ratio=imbalance_ratio)
+        # every training image: the carved selection split is a training protocol, not a property of the data
+        data_cfg = DataConfig(path=str(path), imbalance_ratio=imbalance_ratio, select_split="none")
     except ValidationError as e:  # the only user value besides the path: --imbalance-ratio (>= 1, finite)
         reason = e.errors()[0]["msg"].removeprefix("Value error, ")
         raise ImgclsError(f"--imbalance-ratio {imbalance_ratio}: {reason} (1 = balanced, 100 = CIFAR-10-LT)") from None
