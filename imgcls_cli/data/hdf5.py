@@ -113,7 +113,8 @@ def open_hdf5(path: Path, val_split: str | None, decoder: str = "auto") -> DataB
     train = HDF5Source(path, "train", labels["train"], mode, decoder)
     return DataBundle(name=str(a.get("name", path.stem)), train=train, val=val,
                       class_names=list(json.loads(a["class_names"])), img_size=int(a["img_size"]),
-                      crop_scale=tuple(float(v) for v in a["crop_scale"]), hflip=float(a["hflip"]), val_split=chosen, other_splits=held,
+                      crop_scale=tuple(float(v) for v in a["crop_scale"]), hflip=float(a["hflip"]),
+                      val_split=chosen, other_splits=held,
                       aug_preset=str(a.get("aug_preset", "")) or None,
                       mean=tuple(float(v) for v in a["mean"]), std=tuple(float(v) for v in a["std"]))
 

@@ -79,8 +79,8 @@ def selection_loader(ckpt: Checkpoint, batch_size: int | None, workers: int | No
             raise ImgclsError(f"{option}: {ckpt.path} was written before imgcls carved selection splits, so its model"
                               " trained on the images a carve would pick; give a number")
         if list(saved) != bundle.select_indices.tolist():
-            raise DataError(f"{option}: --data {cfg.data.path}: the carved selection split differs from the one the checkpoint"
-                            " was trained without (the data changed); give a number")
+            raise DataError(f"{option}: --data {cfg.data.path}: the carved selection split differs from the one the"
+                            " checkpoint was trained without (the data changed); give a number")
     _, eval_tf = transforms_from_config(cfg, bundle)
     bs = batch_size or cfg.train.eval_batch_size or cfg.train.batch_size * 2
     ds = ImageDataset(bundle.select, eval_tf)

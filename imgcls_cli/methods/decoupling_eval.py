@@ -45,7 +45,8 @@ class TauNorm:
 
 
 def ncm_features(feats: torch.Tensor, feat_type: str, mean: torch.Tensor) -> torch.Tensor:
-    """(N, D) -> (N, D): un = as is; l2n = f / ||f||; cl2n = (f - mean) / ||f - mean||, mean (D,) of the training set."""
+    """(N, D) -> (N, D): un = as is; l2n = f / ||f||; cl2n = (f - mean) / ||f - mean||, with mean (D,) the mean
+    training feature."""
     f = feats.float()
     if feat_type == "cl2n":
         f = f - mean.to(f.device)
