@@ -63,6 +63,8 @@ def quick_overrides(**extra: object) -> dict[str, object]:
     base: dict[str, object] = {
         "model.backbone": "resnet20", "train.epochs": 1, "train.batch_size": 16, "data.workers": 0,
         "train.progress": False, "train.device": "cpu",
+        # no carved selection split: these runs test other things on a few images (tests/test_protocol.py tests it)
+        "data.select_split": "none",
     }
     base.update(extra)
     return base

@@ -259,7 +259,8 @@ def test_cam_input_is_exactly_the_eval_crop_and_maps_back_to_its_box() -> None:
     from imgcls_cli.data.transforms import eval_transform
     from imgcls_cli.viz.explain import preprocess
 
-    cfg = build_config(None, {"data.img_size": 32})
+    # as a checkpoint's config.yaml states it (training resolves the preset's crop): the ImageNet-style centre crop
+    cfg = build_config(None, {"data.img_size": 32, "aug.preset": "random_resized_crop", "aug.eval_crop_pct": 0.875})
     ck = SimpleNamespace(config=cfg, mean=(0.5, 0.4, 0.3), std=(0.2, 0.25, 0.3))
     img = np.random.default_rng(0).integers(0, 256, (37, 45, 3), dtype=np.uint8)
     x, (y0, x0, y1, x1) = preprocess(img, ck, torch.device("cpu"))

@@ -290,7 +290,8 @@ def test_batches_do_not_depend_on_worker_count(tiny_folder: Path) -> None:
     epochs = []
     for workers in (0, 2):
         cfg = build_config(overrides=quick_overrides(**{"data.path": str(tiny_folder), "data.decode": "device",
-                                                        "data.workers": workers, "train.batch_size": 5}))
+                                                        "aug.preset": "random_resized_crop", "data.workers": workers,
+                                                        "train.batch_size": 5}))
         cfg, bundle = open_and_resolve(cfg, torch.device("cpu"))
         data = setup_data(cfg, bundle, torch.device("cpu"))
         data.train_sampler.set_epoch(2)
@@ -304,7 +305,7 @@ def test_train_one_epoch_on_cpu_with_mixup(tiny_folder: Path) -> None:
     import imgcls_cli as ic
 
     res = ic.train(**quick_overrides(**{"data.path": str(tiny_folder), "data.decode": "device", "aug.mixup": 0.2,
-                                        "train.out": "run"}))
+                                        "aug.preset": "random_resized_crop", "train.out": "run"}))
     assert res.epochs_run == 1 and res.config.data.decode == "device"
     assert "decode: device" in (res.run_dir / "config.yaml").read_text()
 
@@ -320,7 +321,8 @@ def test_training_reports_a_file_only_the_device_decoder_finds_bad(tmp_path: Pat
     corrupt.write_bytes(_corrupt_keeping_eoi(_jpeg(_noise(48, 64), quality=90)))
     buf = io.StringIO()
     cfg = build_config(overrides=quick_overrides(**{"data.path": str(root), "data.decode": "device", "train.epochs": 2,
-                                                    "train.batch_size": 4, "train.out": str(tmp_path / "run")}))
+                                                    "aug.preset": "random_resized_crop", "train.batch_size": 4,
+                                                    "train.out": str(tmp_path / "run")}))
     res = train(cfg, console=Console(file=buf, width=100_000, soft_wrap=True))
     lines = [ln for ln in buf.getvalue().splitlines() if "skipped unreadable image" in ln]
     assert res.epochs_run == 2 and len(lines) == 1 and str(corrupt) in lines[0], buf.getvalue()

@@ -125,7 +125,7 @@ def test_used_for_pinned_cuda_batches_only(tmp_path, device, decode, pin, wrappe
         (tmp_path / "train" / c).mkdir(parents=True)
         Image.new("RGB", (8, 8)).save(tmp_path / "train" / c / "0.jpg")
     cfg = build_config(None, {"data.path": str(tmp_path), "data.decode": decode, "data.pin_memory": pin,
-                              "data.workers": 0, "train.batch_size": 2})
+                              "aug.preset": "random_resized_crop", "data.workers": 0, "train.batch_size": 2})
     from imgcls_cli.data.dataset import ImageDataset
     from imgcls_cli.data.device_decode import EncodedTrainSet
     from imgcls_cli.data.sources import open_data

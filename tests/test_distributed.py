@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -58,6 +59,7 @@ def _close(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor]) -> None:
 def runs(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     root = tmp_path_factory.mktemp("ddp")
     data = make_folder_dataset(root / "data", classes=3, train=16, val=5)  # 48 train, 15 val (odd)
+    shutil.copytree(data / "val", data / "test")  # test/ is reported once at the end; val/ is evaluated every epoch
     single = ic.train(**{**COMMON, "data.path": str(data), "train.batch_size": 16, "train.out": str(root / "single")})
     proc = _ddp(["--data", str(data), "--epochs", "2", "--batch-size", "8", "--out", str(root / "ddp")])
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
@@ -75,7 +77,8 @@ def test_ddp_final_weights_equal_single_process(runs: dict[str, Path]) -> None:
     log = str(runs["log"])
     assert log.count("run directory:") == 2 and log.count("epoch 2/2") == 1  # rank 0 alone logs (+ final line)
     assert sorted(p.name for p in runs["ddp"].iterdir()) == ["best.pt", "config.yaml", "epoch_001.pt",
-                                                             "epoch_002.pt", "last.pt", "metrics.jsonl"]
+                                                             "epoch_002.pt", "final_eval.json", "last.pt",
+                                                             "metrics.jsonl"]
 
 
 @pytest.mark.slow

@@ -61,8 +61,16 @@ def test_cifar10_jpg_long_tailed_bundle():
     root = shared("cifar10_jpg")
     cfg = build_config(None, {"data.path": str(root), "data.imbalance_ratio": 100})
     b = open_data(cfg.data)
-    assert b.class_counts() == [1000, 599, 359, 215, 129, 77, 46, 27, 16, 10]
-    assert np.bincount(b.val.labels).tolist() == [1000] * 10  # the test split stays balanced
+    # the selection split (no val/ here) is 20 a class from the training images the subset leaves unused; this
+    # copy has 1000 training images a class, so class 0 (all 1000 kept) gives its 20 from the kept ones
+    assert b.select_split == "carve"
+    assert b.class_counts() == [980, 599, 359, 215, 129, 77, 46, 27, 16, 10]
+    assert np.bincount(b.select.labels).tolist() == [20] * 10
+    assert not set(b.select.indices.tolist()) & set(b.train.indices.tolist())  # both index the full training split
+    assert np.bincount(b.val.labels).tolist() == [1000] * 10  # the test split stays balanced and is never selected on
+    full = open_data(build_config(None, {"data.path": str(root), "data.imbalance_ratio": 100,
+                                         "data.select_split": "none"}).data)
+    assert full.class_counts() == [1000, 599, 359, 215, 129, 77, 46, 27, 16, 10]
 
 
 # ---------------------------------------------------------------- samplers
@@ -183,7 +191,8 @@ def test_ncm_follows_the_official_cl2n() -> None:
     protos = rng.normal(size=(3, 8))
     train = (8.0 + protos[labels] * np.array([1.0, 0.5, 0.25])[labels, None] + rng.normal(size=(60, 8)) * 0.6)
     query = 8.0 + protos[rng.integers(0, 3, 200)] * 0.5 + rng.normal(size=(200, 8)) * 0.6
-    tf, tl, tq = torch.tensor(train, dtype=torch.float32), torch.tensor(labels), torch.tensor(query, dtype=torch.float32)
+    tf, tl = torch.tensor(train, dtype=torch.float32), torch.tensor(labels)
+    tq = torch.tensor(query, dtype=torch.float32)
     preds = {}
     for name, feat_type in (("ncm", "cl2n"), ("ncm-l2n", "l2n"), ("ncm-un", "un")):
         z = build_ncm(tf, tl, 3, name)(None, tq)
@@ -291,7 +300,9 @@ def test_stage2_errors(stage1: tuple[Path, Path]):
 def test_cli_ce_then_crt_then_tau_norm_auto(tmp_path: Path):
     from imgcls_cli.cli.app import app
 
-    data = lt_folder(tmp_path / "lt")  # 120 / 30 / 8 training images: many / medium / few
+    # 130 / 30 / 8 images; the default carved selection split (20, 6, 1 of them) leaves 110 / 24 / 7 to train on:
+    # many / medium / few.  best.pt and tau are chosen on the carved images, the reported split is val/.
+    data = lt_folder(tmp_path / "lt", counts=(130, 30, 8))
     runner = CliRunner()
     common = ["--data", str(data), "--img-size", "32", "--backbone", "resnet20", "--batch-size", "32", "--workers", "0",
               "--device", "cpu", "--no-progress"]
@@ -307,6 +318,9 @@ def test_cli_ce_then_crt_then_tau_norm_auto(tmp_path: Path):
     assert {"many", "medium", "few", "top1", "per_class", "tau"} <= set(s)
     assert all(s[k] is not None for k in ("many", "medium", "few"))
     assert s["tau"] in TAUS and len(s["tau_search"]) == 21
+    assert s["tau_selected_on"] == "carve"
+    final = json.loads((tmp_path / "ce" / "final_eval.json").read_text())
+    assert final["selected_on"] == "carve" and final["split"] == "val" and final["checkpoint"] == "best.pt"
     assert (tmp_path / "crt" / "eval_val" / "per_class_vs_frequency.png").is_file()
     r = runner.invoke(app, ["eval", str(tmp_path / "crt"), "--classifier", "ncm", "--json", str(js), "--device", "cpu"])
     assert r.exit_code == 0, r.output
