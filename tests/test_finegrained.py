@@ -161,7 +161,8 @@ def test_wsdan_pooling_equals_formula_and_augment_is_valid(tmp_path: Path):
     assert bool((frac > 0).all()) and bool((frac < 1).all())
     task.step = 0
     crops2, drops2 = task.augment(x, maps)  # same seed, epoch, step: the same augmentation
-    torch.testing.assert_close(crops, crops2) and torch.testing.assert_close(drops, drops2)
+    torch.testing.assert_close(crops, crops2, rtol=0, atol=0)  # (assert_close returns None: never chain with `and`)
+    torch.testing.assert_close(drops, drops2, rtol=0, atol=0)
     refined = model.refined_logits(x)
     assert refined.shape == (4, 3)
 
