@@ -341,6 +341,19 @@ def test_crt_keeps_backbone_bit_identical(stage1: tuple[Path, Path], tmp_path: P
     assert explicit.data.sampler == "sqrt"  # a sampler the user gives is never overridden
 
 
+def test_crt_classifier_is_reinitialised(stage1: tuple[Path, Path], tmp_path: Path):
+    # at lr 1e-6 training moves the classifier by ~1e-6: what differs from stage 1 is the re-initialisation
+    data, ckpt = stage1
+    res = ic.train(**quick(data, **{"train.method": "crt", "train.init_from": str(ckpt), "optim.lr": 1e-6,
+                                        "train.out": str(tmp_path / "crt")}))
+    before, after = read_checkpoint(ckpt)["model"], read_checkpoint(res.run_dir / "last.pt")["model"]
+    bound = 1 / 64 ** 0.5  # nn.Linear's default init: U(-1/sqrt(fan_in), 1/sqrt(fan_in)), fan_in 64 (ResNet-20)
+    for k in ("fc.weight", "fc.bias"):
+        assert float((after[k] - before[k]).abs().max()) > 0.02, k  # a fresh draw, not the stage-1 classifier
+        assert float(after[k].abs().max()) <= bound + 1e-4, k
+        assert float(after[k].std()) > bound / 4, k  # spread over the init range, not a constant
+
+
 def test_lws_trains_only_the_scales(stage1: tuple[Path, Path], tmp_path: Path):
     data, ckpt = stage1
     res = ic.train(**quick(data, **{"train.method": "lws", "train.init_from": str(ckpt),
