@@ -72,11 +72,43 @@ def test_contract(backbone: str, attn: str) -> None:
     assert a.shape == (2, 10) and torch.equal(a, b)
 
 
-@pytest.mark.parametrize(("backbone", "attn", "ref_m", "tol"), [
-    ("resnet50", "se", 28.09, 0.01), ("mobilenet_v2", "coord", 3.95, 0.01), ("resnet50", "cbam", 28.08, 0.01),
-])
+@pytest.mark.parametrize(("backbone", "attn", "ref_m", "tol"), [("mobilenet_v2", "coord", 3.95, 0.01)])
 def test_parameter_counts(backbone: str, attn: str, ref_m: float, tol: float) -> None:
     assert abs(_nparams(ic.build_model(backbone, 1000, attn=attn)) - ref_m) / ref_m < tol
+
+
+# residual-branch output channels of every block (where SE / CBAM go)
+BLOCK_CHANNELS = {
+    "resnet20": [16] * 3 + [32] * 3 + [64] * 3,
+    "resnet18": [64] * 2 + [128] * 2 + [256] * 2 + [512] * 2,
+    "resnet50": [256] * 3 + [512] * 4 + [1024] * 6 + [2048] * 3,
+}
+
+
+def _se_params(c: int, r: int) -> int:
+    h = max(1, c // r)  # W1: C -> C/r, W2: C/r -> C, both with bias (eq. 3; timm / official code)
+    return c * h + h + h * c + c
+
+
+def _cbam_params(c: int, r: int, k: int) -> int:
+    return _se_params(c, r) + 2 * k * k + 2  # shared MLP as SE + k x k conv 2 -> 1 without bias + BN(1) gamma, beta
+
+
+@pytest.mark.parametrize(("backbone", "reduction", "kernel"), [
+    ("resnet50", 16, 7), ("resnet18", 8, 3),
+    ("resnet20", 3, 5),  # C // r rounds down (16 // 3 = 5)
+    ("resnet20", 32, 7),  # max(1, C // r): 16 // 32 = 0 -> one hidden unit
+])
+def test_se_and_cbam_parameter_counts_exact(backbone: str, reduction: int, kernel: int) -> None:
+    plain = sum(p.numel() for p in ic.build_model(backbone, 1000).parameters())
+    opts = {"reduction": reduction, "cbam_kernel": kernel}
+    se = sum(p.numel() for p in ic.build_model(backbone, 1000, attn="se", attn_options=opts).parameters())
+    cbam = sum(p.numel() for p in ic.build_model(backbone, 1000, attn="cbam", attn_options=opts).parameters())
+    chans = BLOCK_CHANNELS[backbone]
+    assert se == plain + sum(_se_params(c, reduction) for c in chans)
+    assert cbam == plain + sum(_cbam_params(c, reduction, kernel) for c in chans)
+    if backbone == "resnet50":  # torchvision ResNet-50; SE-ResNet-50 as timm's seresnet50; + 16 x 100 for CBAM
+        assert (plain, se, cbam) == (25_557_032, 28_088_024, 28_089_624)
 
 
 def test_nonlocal_positions() -> None:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
@@ -161,7 +162,8 @@ def test_wsdan_pooling_equals_formula_and_augment_is_valid(tmp_path: Path):
     assert bool((frac > 0).all()) and bool((frac < 1).all())
     task.step = 0
     crops2, drops2 = task.augment(x, maps)  # same seed, epoch, step: the same augmentation
-    torch.testing.assert_close(crops, crops2) and torch.testing.assert_close(drops, drops2)
+    torch.testing.assert_close(crops, crops2, rtol=0, atol=0)  # (assert_close returns None: never chain with `and`)
+    torch.testing.assert_close(drops, drops2, rtol=0, atol=0)
     refined = model.refined_logits(x)
     assert refined.shape == (4, 3)
 
@@ -178,6 +180,133 @@ def test_pick_maps_follows_mass_and_centre_update():
     loss = c(f, torch.tensor([0, 0, 1]))
     assert loss.item() == pytest.approx(1.0)  # centres start at 0: mean ||f||^2
     torch.testing.assert_close(c.centers, torch.tensor([[0.025, 0.025, 0], [0, 0, 0.05]]))  # beta * class mean
+
+
+def test_pick_maps_probability_is_sqrt_of_mass():
+    from imgcls_cli.methods.wsdan import pick_maps
+
+    # masses 1, 4, 9, 16 (constant 2x2 maps): p ~ sqrt(mass) = 0.1, 0.2, 0.3, 0.4, whereas p ~ mass would give
+    # 1/30, 4/30, 9/30, 16/30; a uniform grid of u makes the frequencies exact
+    values = torch.tensor([1.0, 4.0, 9.0, 16.0]) / 4
+    n = 1000
+    maps = values.view(1, 4, 1, 1).expand(n, 4, 2, 2)
+    picked = pick_maps(maps, (torch.arange(n) + 0.5) / n)  # (n, 2, 2)
+    which = (picked[:, 0, 0].unsqueeze(1) == values).float().argmax(1)  # (n,) index of the chosen map
+    freq = torch.bincount(which, minlength=4).float() / n
+    torch.testing.assert_close(freq, torch.tensor([0.1, 0.2, 0.3, 0.4]), rtol=0, atol=2e-3)
+
+
+def _recorded_augment(monkeypatch: pytest.MonkeyPatch, tmp_path: Path, steps: int):
+    """Run `task.augment` `steps` times on maps whose picked map is identifiable; record what the crop and
+    drop operations receive: (theta_c, theta_d, crop map index, drop map index), each (steps * B,)."""
+    import imgcls_cli.methods.wsdan as wsdan_method
+
+    seen: dict[str, list[torch.Tensor]] = {"tc": [], "td": [], "mc": [], "md": []}
+    crop_boxes_, drop_masks_ = wsdan_method.crop_boxes, wsdan_method.drop_masks
+
+    def where(maps: torch.Tensor) -> torch.Tensor:  # (B, H, W): map k peaks in the k-th quarter of the width
+        return maps.flatten(1).argmax(1) % maps.shape[-1] * 4 // maps.shape[-1]  # (B,)
+
+    def rec_crop(maps: torch.Tensor, theta: torch.Tensor, padding: float) -> torch.Tensor:
+        seen["tc"].append(theta.clone())
+        seen["mc"].append(where(maps))
+        return crop_boxes_(maps, theta, padding)
+
+    def rec_drop(maps: torch.Tensor, theta: torch.Tensor) -> torch.Tensor:
+        seen["td"].append(theta.clone())
+        seen["md"].append(where(maps))
+        return drop_masks_(maps, theta)
+
+    monkeypatch.setattr(wsdan_method, "crop_boxes", rec_crop)
+    monkeypatch.setattr(wsdan_method, "drop_masks", rec_drop)
+    task, _ = _wsdan_task(tmp_path)
+    b = 8
+    maps = torch.zeros(b, 4, 4, 16)
+    for k, mass in enumerate((1.0, 4.0, 9.0, 16.0)):
+        maps[:, k, 1, 4 * k + 1] = mass  # one hot cell per map, far apart: its position names the map
+    x = torch.rand(b, 3, 16, 64, generator=torch.Generator().manual_seed(0))
+    task.on_epoch_start(0)
+    for _ in range(steps):
+        task.augment(x, maps)
+    return tuple(torch.cat(seen[k]) for k in ("tc", "td", "mc", "md"))
+
+
+def test_wsdan_thetas_are_uniform_in_the_paper_ranges(monkeypatch: pytest.MonkeyPatch, tmp_path: Path):
+    stats = pytest.importorskip("scipy.stats")
+    theta_c, theta_d, crop_map, drop_map = _recorded_augment(monkeypatch, tmp_path, steps=100)  # 800 draws each
+    assert 0.4 <= float(theta_c.min()) and float(theta_c.max()) <= 0.6  # section 3.2: theta_c ~ U(0.4, 0.6)
+    assert 0.2 <= float(theta_d.min()) and float(theta_d.max()) <= 0.5  # theta_d ~ U(0.2, 0.5)
+    assert stats.kstest(theta_c.numpy(), stats.uniform(0.4, 0.2).cdf).pvalue > 1e-3
+    assert stats.kstest(theta_d.numpy(), stats.uniform(0.2, 0.3).cdf).pvalue > 1e-3
+    assert stats.kstest(theta_c.numpy(), stats.uniform(0.4, 0.3).cdf).pvalue < 1e-6  # the test can fail
+    # independent draws: neither threshold follows the other or the choice of map (|r| ~ 0.035 by chance)
+    for a, b in ((theta_c, theta_d), (theta_c, crop_map), (theta_d, drop_map)):
+        assert abs(np.corrcoef(a.numpy(), b.float().numpy())[0, 1]) < 0.15
+
+
+def test_wsdan_augment_picks_maps_by_sqrt_mass_independently(monkeypatch: pytest.MonkeyPatch, tmp_path: Path):
+    from scipy.stats import chisquare
+
+    _, _, crop_map, drop_map = _recorded_augment(monkeypatch, tmp_path, steps=100)
+    p = np.array([0.1, 0.2, 0.3, 0.4])  # sqrt of the masses 1, 4, 9, 16, normalised
+    for picked in (crop_map, drop_map):
+        counts = np.bincount(picked.numpy(), minlength=4)
+        assert chisquare(counts, p * counts.sum()).pvalue > 1e-3, counts
+        assert chisquare(counts, np.array([1, 4, 9, 16]) / 30 * counts.sum()).pvalue < 1e-6  # not p ~ mass
+    # one map for cropping and one for dropping, drawn independently (the authors draw two per image)
+    same = float((crop_map == drop_map).float().mean())
+    assert same == pytest.approx(float((p ** 2).sum()), abs=0.06)
+
+
+def test_wsdan_loss_is_mean_of_three_ce_plus_centre_loss(tmp_path: Path):
+    torch.manual_seed(0)
+    task, model = _wsdan_task(tmp_path)
+    model.train()
+    with torch.no_grad():
+        task.centers.centers.copy_(torch.randn_like(task.centers.centers))  # centres away from 0: their norm matters
+    c0 = task.centers.centers.clone()
+    x, y = torch.randn(4, 3, 32, 32), torch.tensor([0, 1, 2, 1])
+    task.on_epoch_start(0)
+    out = task.train_step({"images": x, "targets": y})
+    # written out: (CE(raw) + CE(crop) + CE(drop)) / 3 + sum_k ||f - c_y/|c_y| ||^2 averaged over images;
+    # the same draws (step 0) give the same crops and drops
+    task.step = 0
+    with torch.no_grad():
+        logits, feature, maps = model(x, with_attention=True)
+        crops, drops = task.augment(x, maps)
+        ce = [F.cross_entropy(z, y) for z in (logits, model(crops), model(drops))]
+        centre = (feature - F.normalize(c0[y], dim=1)).pow(2).sum(1).mean()
+    torch.testing.assert_close(out["center"], centre)
+    torch.testing.assert_close(out["loss"].detach(), sum(ce) / 3 + centre)
+    torch.testing.assert_close(task.centers.centers[0], c0[0] + 0.05 * (feature[0] - F.normalize(c0[0], dim=0)))
+
+
+def test_wsdan_refined_logits_values():
+    """Section 3.4: refined = (raw logits + logits of the crop of the MEAN map at theta 0.1, padded 5 %) / 2."""
+    torch.manual_seed(0)
+    net = WSDAN(nn.AvgPool2d(4), 3, 5, num_maps=2).eval()  # features: the 4x4-pooled image (B, 3, 8, 8)
+    with torch.no_grad():
+        net.head.attention[0].weight.copy_(torch.tensor([[1.0, 0, 0], [0, 1.0, 0]]).view(2, 3, 1, 1))  # map k = channel k
+    x = torch.zeros(2, 3, 32, 32)
+    x[:, 0, 2:10, 2:10] = 1.0  # map 0: a strong blob
+    x[:, 1, 12:20, 8:16] = 0.3  # map 1: a weak one (in the 0.1-threshold box of the mean map, not of map 0 alone)
+    x[:, 2] = torch.rand(2, 32, 32, generator=torch.Generator().manual_seed(1))  # texture the crop changes
+    with torch.no_grad():
+        raw, _, maps = net(x, with_attention=True)
+        mean = F.interpolate(maps.mean(1, keepdim=True), size=(32, 32), mode="bilinear", align_corners=False)[:, 0]
+        lo, hi = mean.amin((1, 2), keepdim=True), mean.amax((1, 2), keepdim=True)
+        mask = (mean - lo) / (hi - lo) >= 0.1  # (B, 32, 32)
+        boxes = []
+        for m in mask:
+            rows, cols = m.any(1).nonzero()[:, 0], m.any(0).nonzero()[:, 0]
+            pad = int(0.05 * 32)
+            boxes.append([max(int(cols.min()) - pad, 0), max(int(rows.min()) - pad, 0),
+                          min(int(cols.max()) + 1 + pad, 32), min(int(rows.max()) + 1 + pad, 32)])
+        boxes_t = torch.tensor(boxes)
+        assert boxes == [[0, 0, 18, 22]] * 2  # much smaller than the image: the crop matters
+        crop = net(crop_resize(x, boxes_t))
+        assert float((crop - raw).abs().max()) > 0.1
+        torch.testing.assert_close(net.refined_logits(x), (raw + crop) / 2, rtol=1e-5, atol=1e-5)
 
 
 def _train_and_eval(tiny_folder: Path, tmp_path: Path, **extra: object):

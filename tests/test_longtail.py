@@ -249,6 +249,83 @@ def test_bbn_trains_with_the_reversed_stream(tmp_path: Path):
     assert res.epochs_run == 2
 
 
+def _bbn_features(model: torch.nn.Module, x: torch.Tensor, rb: bool) -> torch.Tensor:
+    """ResNet-32 written out: stem, layer1, layer2, layer3 but its last block, then the branch's own last block."""
+    b = model.backbone
+    t = b.layer2(b.layer1(b.relu(b.bn1(b.conv1(x)))))
+    for block in list(b.layer3)[:-1]:
+        t = block(t)
+    last = model.rb_block if rb else b.layer3[-1]
+    return torch.flatten(b.avgpool(last(t)), 1)  # (B, 64)
+
+
+def test_bbn_logits_are_twice_the_weighted_concatenation():
+    # eq. 3 with the official code's factor 2: z = W^T (2 [alpha f_c(x) ; (1 - alpha) f_r(x2)]) + b;
+    # at test time alpha = 0.5 on one image, i.e. the classifier of the plain [f_c ; f_r]
+    torch.manual_seed(0)
+    model = build_task_model(build_config(None, {"model.backbone": "resnet32", "train.method": "bbn"}), 10).eval()
+    g = torch.Generator().manual_seed(1)
+    x, x2 = torch.randn(3, 3, 32, 32, generator=g), torch.randn(3, 3, 32, 32, generator=g)
+    fc = model.backbone.fc
+    with torch.no_grad():
+        f_c, f_r = _bbn_features(model, x, False), _bbn_features(model, x, True)
+        assert float((f_c - f_r).abs().max()) > 1e-2  # the branches differ, so their order matters
+        torch.testing.assert_close(model(x), fc(torch.cat([f_c, f_r], 1)), rtol=1e-4, atol=1e-5)
+        f_r2 = _bbn_features(model, x2, True)  # the re-balancing branch sees the second stream's images
+        want = fc(2 * torch.cat([0.3 * f_c, 0.7 * f_r2], 1))
+        torch.testing.assert_close(model(x, x2, 0.3), want, rtol=1e-4, atol=1e-5)
+
+
+@pytest.mark.parametrize(("schedule", "epochs", "epoch", "alpha"), [
+    ("parabolic", 10, 4, 1 - (5 / 10) ** 2),  # alpha = 1 - (T / T_max)^2, T the 1-based epoch
+    ("official", 180, 90, 1 - (90 / 200) ** 2),  # the official code: T = epoch - 1, T_max rounded up to 200
+])
+def test_bbn_loss_is_alpha_weighted_with_the_schedule(schedule: str, epochs: int, epoch: int, alpha: float):
+    from imgcls_cli.methods.bbn import BBNTask
+
+    torch.manual_seed(0)
+    cfg = build_config(None, {"model.backbone": "resnet32", "train.method": "bbn", "train.epochs": epochs,
+                              "train.bbn_schedule": schedule})
+    model = build_task_model(cfg, 4).eval()
+    task = BBNTask(cfg, model, 4, [40, 20, 10, 5])
+    task.on_epoch_start(epoch)
+    g = torch.Generator().manual_seed(2)
+    x, x2 = torch.randn(6, 3, 32, 32, generator=g), torch.randn(6, 3, 32, 32, generator=g)
+    y, y2 = torch.tensor([0, 0, 1, 2, 0, 1]), torch.tensor([3, 2, 3, 1, 3, 2])
+    out = task.train_step({"images": x, "targets": y, "images2": x2, "targets2": y2})
+    assert float(out["alpha"]) == pytest.approx(alpha)
+    with torch.no_grad():
+        z = model(x, x2, alpha)
+        want = alpha * F.cross_entropy(z, y) + (1 - alpha) * F.cross_entropy(z, y2)  # eq. 4
+    torch.testing.assert_close(out["logits"].detach(), z)
+    torch.testing.assert_close(out["loss"].detach(), want)
+
+
+def test_bbn_second_stream_draws_from_the_reversed_sampler(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
+    from imgcls_cli.methods.bbn import BBNTask
+
+    seen: dict[str, list[torch.Tensor]] = {"targets": [], "targets2": []}
+    step = BBNTask.train_step
+
+    def recording_step(self: BBNTask, batch: dict) -> dict:
+        for k in seen:
+            seen[k].append(batch[k].cpu())
+        return step(self, batch)
+
+    monkeypatch.setattr(BBNTask, "train_step", recording_step)
+    data = lt_folder(tmp_path / "lt", counts=(40, 12, 4), val=1)
+    res = ic.train(**quick(data, **{"train.method": "bbn", "train.epochs": 5, "model.backbone": "resnet20",
+                                    "train.out": str(tmp_path / "bbn")}))
+    counts = np.array(ic.load_checkpoint(res.run_dir / "last.pt").class_counts)  # training images per class
+    main = np.bincount(torch.cat(seen["targets"]).numpy(), minlength=3)
+    second = np.bincount(torch.cat(seen["targets2"]).numpy(), minlength=3)
+    assert main.sum() == second.sum() >= 100  # as many images per epoch in both streams
+    p_rev = (counts.max() / counts) / (counts.max() / counts).sum()  # eq. 1: p_i ~ N_max / N_i
+    assert chisquare(second, p_rev * second.sum()).pvalue > 1e-3, second
+    assert chisquare(main, counts / counts.sum() * main.sum()).pvalue > 1e-3, main  # conventional: uniform images
+    assert chisquare(second, counts / counts.sum() * second.sum()).pvalue < 1e-6  # the test tells them apart
+
+
 # ---------------------------------------------------------------- cRT / LWS
 @pytest.fixture
 def stage1(tmp_path: Path) -> tuple[Path, Path]:
@@ -271,6 +348,19 @@ def test_crt_keeps_backbone_bit_identical(stage1: tuple[Path, Path], tmp_path: P
             assert torch.equal(before[k], after[k]), k  # weights and BN running stats untouched
     explicit = build_config(None, {"train.method": "crt", "train.init_from": str(ckpt), "data.sampler": "sqrt"})
     assert explicit.data.sampler == "sqrt"  # a sampler the user gives is never overridden
+
+
+def test_crt_classifier_is_reinitialised(stage1: tuple[Path, Path], tmp_path: Path):
+    # at lr 1e-6 training moves the classifier by ~1e-6: what differs from stage 1 is the re-initialisation
+    data, ckpt = stage1
+    res = ic.train(**quick(data, **{"train.method": "crt", "train.init_from": str(ckpt), "optim.lr": 1e-6,
+                                        "train.out": str(tmp_path / "crt")}))
+    before, after = read_checkpoint(ckpt)["model"], read_checkpoint(res.run_dir / "last.pt")["model"]
+    bound = 1 / 64 ** 0.5  # nn.Linear's default init: U(-1/sqrt(fan_in), 1/sqrt(fan_in)), fan_in 64 (ResNet-20)
+    for k in ("fc.weight", "fc.bias"):
+        assert float((after[k] - before[k]).abs().max()) > 0.02, k  # a fresh draw, not the stage-1 classifier
+        assert float(after[k].abs().max()) <= bound + 1e-4, k
+        assert float(after[k].std()) > bound / 4, k  # spread over the init range, not a constant
 
 
 def test_lws_trains_only_the_scales(stage1: tuple[Path, Path], tmp_path: Path):

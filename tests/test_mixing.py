@@ -84,6 +84,55 @@ def test_cutmix_box_and_lambda_on_non_square_images(hw: tuple[int, int]) -> None
     assert hits > 0
 
 
+def test_cutmix_lambda_follows_beta(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The lambda CutMix draws (before the area correction) is Beta(cutmix, cutmix), not the Mixup alpha."""
+    stats = pytest.importorskip("scipy.stats")
+    import imgcls_cli.data.mixing as mixing
+
+    drawn: list[float] = []
+    box_of = mixing.cutmix_box
+
+    def recording_box(lam: float, height: int, width: int, rng: np.random.Generator):
+        drawn.append(lam)
+        return box_of(lam, height, width, rng)
+
+    monkeypatch.setattr(mixing, "cutmix_box", recording_box)
+    m = _mixer(mixup=2.0, cutmix=0.5, switch_prob=1.0)  # always CutMix, with its own alpha
+    kept = [m.sample(4, 40, 40, _gen(2000 + s)) for s in range(3000)]
+    lams = np.array(drawn)
+    assert len(lams) == 3000 and all(p.kind == "cutmix" for p in kept)
+    assert stats.kstest(lams, stats.beta(0.5, 0.5).cdf).pvalue > 1e-3
+    assert stats.kstest(lams, stats.beta(1.0, 1.0).cdf).pvalue < 1e-6  # the test can fail
+    # the reported lambda is the area-corrected one: 1 - |box| / (H W) >= the drawn lambda (boxes only shrink)
+    for p, lam in zip(kept, lams, strict=True):
+        y0, y1, x0, x1 = p.box
+        assert p.lam == pytest.approx(1 - (y1 - y0) * (x1 - x0) / 1600) and p.lam >= lam - 1e-12
+
+
+def test_cutmix_box_centres_are_uniform_and_boxes_clipped() -> None:
+    # r_x ~ U{0..W-1}, r_y ~ U{0..H-1} (official rand_bbox, randint), box [r - cut // 2, r + cut // 2) clipped;
+    # for cut < W the centre is recoverable from the box: from the left edge unless it was clipped
+    from scipy.stats import chisquare
+
+    h, w, n = 20, 50, 6000
+    rng = np.random.default_rng(0)
+    cw, ch = int(w * 0.5), int(h * 0.5)  # lambda 0.75: sqrt(1 - lambda) = 0.5
+    cx, cy = [], []
+    for _ in range(n):
+        (y0, y1, x0, x1), lam = cutmix_box(0.75, h, w, rng)
+        assert 0 <= x0 <= x1 <= w and 0 <= y0 <= y1 <= h
+        rx = x0 + cw // 2 if x0 > 0 else x1 - cw // 2
+        ry = y0 + ch // 2 if y0 > 0 else y1 - ch // 2
+        assert (x0, x1) == (max(rx - cw // 2, 0), min(rx + cw // 2, w))  # clipped, not shifted inside
+        assert (y0, y1) == (max(ry - ch // 2, 0), min(ry + ch // 2, h))
+        assert lam == 1 - (x1 - x0) * (y1 - y0) / (h * w)
+        cx.append(rx)
+        cy.append(ry)
+    assert min(cx) == 0 and max(cx) == w - 1 and min(cy) == 0 and max(cy) == h - 1
+    assert chisquare(np.bincount(cx, minlength=w)).pvalue > 1e-3  # uniform over the W columns
+    assert chisquare(np.bincount(cy, minlength=h)).pvalue > 1e-3  # and the H rows
+
+
 def test_mix_prob_zero_gives_one_hot_and_unchanged_images() -> None:
     m = _mixer(mixup=1.0, cutmix=1.0, mix_prob=0.0)
     x, y = torch.randn(4, 3, 8, 8), torch.tensor([0, 1, 2, 3])
