@@ -94,6 +94,8 @@ class Trainer:
 
         for line in log_messages if dist.is_main() else []:
             self.console.print(f"[dim]weights: {line}[/dim]")
+        for line in bundle.notes if dist.is_main() else []:
+            self.console.print(f"[yellow]warning:[/yellow] {line}", highlight=False, soft_wrap=True)
         place_model(model, cfg.train, self.device)
         self.model = model  # unwrapped: what checkpoints hold
         self.train_model = model
