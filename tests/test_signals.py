@@ -223,7 +223,8 @@ def test_commands_stop_at_once_with_128_plus_signal(name: str, trained: tuple[Pa
     slow, signum = COMMANDS[name]
     argv = {"eval": ["eval", str(run), "--device", "cpu", "--batch-size", "1"],
             "eval-ncm": ["eval", str(run), "--device", "cpu", "--classifier", "ncm"],
-            "cam": ["cam", str(data / "val"), "--checkpoint", str(run), "--device", "cpu", "--out", str(tmp_path / "c")],
+            "cam": ["cam", str(data / "val"), "--checkpoint", str(run), "--device", "cpu",
+                    "--out", str(tmp_path / "c")],
             "export": ["export", str(run), "--format", "torchscript", "--out", str(tmp_path / "x.ts")],
             "pack": ["pack", str(data), str(tmp_path / "p.h5")]}[name]
     proc = _child({"argv": argv, "slow": slow}, tmp_path / "m")

@@ -11,11 +11,12 @@ never tears a checkpoint or an optimizer step in half, and never waits for a who
 SIGUSR1 is what SLURM's `--signal=USR1@SECONDS` sends ahead of the time limit: it stops the run
 the same way (exit 138), with its checkpoint saved.
 
-DataLoader workers ignore the three signals (data/loader.py's worker_init_fn): a signal sent to the whole process group (`timeout`, `scancel`, `kill -- -PGID`,
-Ctrl-C) is handled by the main process, which shuts its workers down as it exits; a worker killed by
-the group signal would otherwise surface as "DataLoader worker ... is killed by signal" wherever
-the main thread happens to be.  A second SIGTERM ends a worker (multiprocessing's and PyTorch's
-last-resort `terminate()` of a worker that does not exit).
+DataLoader workers ignore the three signals (data/loader.py's worker_init_fn): a signal sent to the
+whole process group (`timeout`, `scancel`, `kill -- -PGID`, Ctrl-C) is handled by the main process,
+which shuts its workers down as it exits; a worker killed by the group signal would otherwise
+surface as "DataLoader worker ... is killed by signal" wherever the main thread happens to be. A
+second SIGTERM ends a worker (multiprocessing's and PyTorch's last-resort `terminate()` of a worker
+that does not exit).
 
 The handler runs in the main thread between Python bytecodes; a long C++ operator (one convolution)
 finishes first.  Under DDP the trainer keeps its agreed stop at a progress update (ranks must stop at
