@@ -286,3 +286,21 @@ def test_cli_names_differing_only_in_case_do_not_share_an_output(trained: Path, 
     assert r.exit_code == 0, r.output
     names = sorted(p.name for p in Path("o").glob("*_gradcam.png") if not p.name.startswith("grid_"))
     assert len({n.casefold() for n in names}) == 2, names
+
+
+def test_cli_skips_and_reports_unreadable_files(trained: Path, tmp_path: Path) -> None:
+    """Issue 25: `cam FOLDER` stopped at the first unreadable file.  Mutation caught: the error not caught
+    per file (exit 2, no overlays), or caught silently (no line naming the file)."""
+    from imgcls_cli.cli.app import app
+
+    folder = tmp_path / "imgs"
+    folder.mkdir()
+    (folder / "a_broken.jpg").write_bytes(b"not a jpeg")
+    _odd_image(folder / "b_ok.png")
+    r = CliRunner().invoke(app, ["cam", str(folder), "--checkpoint", str(trained), "--out", "o"])
+    assert r.exit_code == 0, r.output
+    out = " ".join(r.output.split())
+    assert "skipped unreadable image IMAGE" in out and "a_broken.jpg" in out and "skipped 1 unreadable" in out
+    assert [p.name for p in Path("o").glob("*.png")] == ["b_ok_gradcam.png"]
+    r = CliRunner().invoke(app, ["cam", str(folder / "a_broken.jpg"), "--checkpoint", str(trained)])
+    assert r.exit_code == 2 and "none of the 1 file(s) could be read" in r.output

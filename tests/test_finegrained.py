@@ -286,7 +286,8 @@ def test_wsdan_refined_logits_values():
     torch.manual_seed(0)
     net = WSDAN(nn.AvgPool2d(4), 3, 5, num_maps=2).eval()  # features: the 4x4-pooled image (B, 3, 8, 8)
     with torch.no_grad():
-        net.head.attention[0].weight.copy_(torch.tensor([[1.0, 0, 0], [0, 1.0, 0]]).view(2, 3, 1, 1))  # map k = channel k
+        # map k is channel k
+        net.head.attention[0].weight.copy_(torch.tensor([[1.0, 0, 0], [0, 1.0, 0]]).view(2, 3, 1, 1))
     x = torch.zeros(2, 3, 32, 32)
     x[:, 0, 2:10, 2:10] = 1.0  # map 0: a strong blob
     x[:, 1, 12:20, 8:16] = 0.3  # map 1: a weak one (in the 0.1-threshold box of the mean map, not of map 0 alone)

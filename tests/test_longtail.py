@@ -417,3 +417,19 @@ def test_cli_ce_then_crt_then_tau_norm_auto(tmp_path: Path):
     assert json.loads(js.read_text())["classifier"] == "ncm"
     r = runner.invoke(app, ["eval", str(tmp_path / "crt"), "--tau-norm", "x", "--device", "cpu"])
     assert r.exit_code == 2 and "--tau-norm" in r.output
+
+
+def test_imbalance_ratio_warns_with_the_real_ratio(tmp_path):
+    """Issue 25: an early class with too few images silently gave a smaller ratio.  Mutation caught: no note,
+    or a note with the requested rather than the real ratio; a subset that reaches the ratio gets none."""
+    from imgcls_cli.data.sources import open_data
+    from tests.conftest import make_folder_dataset
+
+    root = make_folder_dataset(tmp_path / "d", classes=3, train=20, val=1, size=8)
+    for f in sorted((root / "train" / "class_0").iterdir())[4:]:  # the head class keeps 4 of its 20
+        f.unlink()
+    b = open_data(build_config(None, {"data.path": str(root), "data.imbalance_ratio": 10}).data)
+    assert b.class_counts() == [4, 6, 2]  # wants [20, 6, 2]
+    assert len(b.notes) == 1 and "ratio is 3.0 (largest class 6 images, smallest 2), not 10" in b.notes[0]
+    root2 = make_folder_dataset(tmp_path / "e", classes=3, train=20, val=1, size=8)
+    assert open_data(build_config(None, {"data.path": str(root2), "data.imbalance_ratio": 10}).data).notes == []

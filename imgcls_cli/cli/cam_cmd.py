@@ -47,7 +47,7 @@ def cam_command(
     from ..engine.device import resolve_device
     from ..errors import ImgclsError
     from ..registry import CAM_METHODS
-    from ..viz.explain import collect_images, explain_file, parse_class
+    from ..viz.explain import UnreadableImage, collect_images, explain_file, parse_class
     from ..viz.overlay import blend, colorize, save_grid, save_overlay
 
     load_components()
@@ -68,8 +68,14 @@ def cam_command(
         table.add_column(col)
     panels: list[tuple[np.ndarray, str]] = []
     used: set[str] = set()
+    skipped: list[str] = []
     for f in files:
-        ex = explain_file(f, ckpt, method, classes, topk, layer, dev)
+        try:
+            ex = explain_file(f, ckpt, method, classes, topk, layer, dev)
+        except UnreadableImage as e:  # as training does: the other images are still explained
+            skipped.append(str(e))
+            console.print(f"[yellow]skipped unreadable image[/yellow] {e}", highlight=False, soft_wrap=True)
+            continue
         stem, i = f.stem, 2
         while stem.casefold() in used:  # photo.JPG and photo.png: one file on macOS / Windows file systems
             stem, i = f"{f.stem}-{i}", i + 1
@@ -89,11 +95,14 @@ def cam_command(
             h, w = ex.image.shape[:2]
             table.add_row(str(f), f"{h} x {w}", f"{ex.pred_name} ({ex.pred_prob:.2f})", f"{m.name} ({m.prob:.2f})",
                           ", ".join(written))
+    if not panels:
+        raise ImgclsError(f"IMAGE: none of the {len(files)} file(s) could be read ({skipped[0]})")
     out.print(table)
     if len(panels) > 1:
         save_grid(out_dir / f"grid_{tag}.png", panels)
         console.print(f"grid: {out_dir / f'grid_{tag}.png'}")
-    console.print(f"wrote {len(panels)} overlay(s) to {out_dir}")
+    console.print(f"wrote {len(panels)} overlay(s) to {out_dir}"
+                  + (f"; skipped {len(skipped)} unreadable file(s)" if skipped else ""))
 
 
 def register(app: typer.Typer) -> None:

@@ -1,4 +1,4 @@
-"""Shared CLI plumbing: one-line errors with exit status 2, the console."""
+"""Shared CLI plumbing: one-line errors with exit status 2, stop signals with 128 + N, the console."""
 
 from __future__ import annotations
 
@@ -26,8 +26,14 @@ def handle_errors(fn: Callable[..., Any]) -> Callable[..., Any]:
 
     @functools.wraps(fn)
     def wrapper(*args: Any, **kwargs: Any) -> Any:
+        from ..engine.signals import Interrupted, StopSignals
+
         try:
-            return fn(*args, **kwargs)
+            with StopSignals():  # SIGTERM / SIGINT / SIGUSR1 stop any command at once (train saves first)
+                return fn(*args, **kwargs)
+        except Interrupted as e:
+            console.print(str(e), highlight=False, soft_wrap=True)
+            raise typer.Exit(e.exit_code) from None
         except ImgclsError as e:
             from ..engine.launch import record_rank_error
 

@@ -6,6 +6,7 @@ bytes than float32); `DeviceNormalizer` turns them into normalised float tensors
 
 from __future__ import annotations
 
+import signal
 import sys
 from collections.abc import Callable
 from typing import Any
@@ -22,6 +23,17 @@ def _worker_init(worker_id: int) -> None:
     # per (seed, epoch, index) in ImageDataset, so nothing depends on worker scheduling.
     info = torch.utils.data.get_worker_info()
     torch.manual_seed(info.seed % 2**63)
+    # Stop signals sent to the whole process group (timeout, scancel, kill -- -PGID, Ctrl-C) are the main
+    # process's to handle: it saves and shuts its workers down.  A worker killed by the group's SIGTERM would
+    # instead surface as "DataLoader worker ... is killed by signal" wherever the main thread is (mid-save).
+    # A second SIGTERM ends the worker: that is the last-resort terminate() of a worker that does not exit.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGUSR1, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, _second_sigterm_ends)
+
+
+def _second_sigterm_ends(signum: int, _frame: Any) -> None:
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)
 
 
 def make_loader(dataset: ImageDataset, sampler: Sampler | None, batch_size: int, workers: int,

@@ -111,6 +111,7 @@ class DataBundle:
     select: Source | None = None
     select_split: str | None = None  # "val" | "carve" | None
     select_indices: np.ndarray | None = None  # carve: the held-out images, as indices into the full training split
+    notes: list[str] = field(default_factory=list)  # one-line warnings for whoever shows the data set (trainer)
 
     @property
     def num_classes(self) -> int:
@@ -253,6 +254,10 @@ def open_data(cfg: Any) -> DataBundle:
         keep = longtail_indices(bundle.train.labels, bundle.num_classes, ratio=cfg.imbalance_ratio or 1.0,
                                 profile=cfg.imbalance_profile, max_per_class=cfg.max_train_per_class)
     choose_selection(bundle, cfg, keep)
+    if cfg.imbalance_ratio:
+        note = _ratio_note(cfg.imbalance_ratio, bundle)
+        if note:
+            bundle.notes.append(note)
     return bundle
 
 
@@ -304,3 +309,18 @@ def choose_selection(bundle: DataBundle, cfg: Any, keep: np.ndarray | None) -> N
     if keep is not None:
         bundle.train = full.subset(keep)
     bundle.select_split = mode if mode != "none" else None
+
+
+def _ratio_note(want: float, bundle: DataBundle) -> str | None:
+    """A line when the long-tailed subset's real ratio (largest / smallest class) is not the requested one:
+    a class with fewer images than its profile count keeps them all, so an early class can cap the ratio."""
+    counts = np.asarray(bundle.class_counts())
+    present = counts[counts > 0]
+    if len(present) < 2:
+        return None
+    real = float(present.max() / present.min())
+    if abs(real - want) <= 0.05 * want:  # floor() of the profile counts alone moves it a little
+        return None
+    return (f"--imbalance-ratio {want:g}: the training subset's ratio is {real:.1f} (largest class"
+            f" {int(present.max())} images, smallest {int(present.min())}), not {want:g}: a class with fewer"
+            f" images than the profile asks keeps what it has")

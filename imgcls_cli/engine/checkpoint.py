@@ -3,13 +3,16 @@
 A checkpoint is a dict of tensors, numbers, strings, lists and dicts only, so it always loads with
 `torch.load(weights_only=True)`; a file that needs pickle (code execution) is refused.  Writes go
 to a temporary file in the same folder, are flushed and fsynced, then renamed over the target, so
-a crash leaves either the old or the new file, never half of one.  PyTorch's zip container has no
+a crash leaves either the old or the new file, never half of one.  A write that fails (a full disk,
+a read-only or vanished folder, a quota) raises `CheckpointWriteError`: one line naming the file and
+the reason, the temporary file removed, the previous file untouched.  PyTorch's zip container has no
 checksum of its own (a flipped bit in a tensor loads silently), so an imgcls checkpoint carries
 `digest`: a SHA-256 over its whole content, verified on every read.
 """
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import os
 import pickle
@@ -20,7 +23,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from ..errors import CheckpointError
+from ..errors import CheckpointError, ImgclsError
 
 FORMAT = "imgcls-checkpoint"
 VERSION = 1
@@ -65,23 +68,62 @@ def _remove_stale_tmp(path: Path) -> None:
             continue
 
 
+class CheckpointWriteError(ImgclsError):
+    """A checkpoint could not be written (disk full, read-only folder, ...); the previous file is intact."""
+
+
+class _RecordingFile:
+    """A file whose first write error is kept: torch.save reports it only as a RuntimeError without the errno."""
+
+    def __init__(self, f: Any):
+        self.f, self.error = f, None
+
+    def write(self, data: Any) -> int:
+        try:
+            return self.f.write(data)
+        except OSError as e:
+            self.error = self.error or e
+            raise
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.f, name)
+
+
+def _write_error(path: Path, e: BaseException) -> CheckpointWriteError:
+    if isinstance(e, OSError) and e.strerror:
+        reason = e.strerror + (f" ({errno.errorcode[e.errno]})" if e.errno in errno.errorcode else "")
+    else:
+        reason = (str(e).strip().splitlines() or [type(e).__name__])[0][:120]
+    old = "the previous file is intact" if path.exists() else "no earlier file was there"
+    return CheckpointWriteError(f"cannot write {path}: {reason}; {old} (free space or make {path.parent} writable,"
+                                f" then resume)")
+
+
 def atomic_save(obj: Any, path: str | Path) -> None:
     """Write `obj` so that `path` is always the old or the new complete file (tmp, fsync, rename)."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    _remove_stale_tmp(path)
     if isinstance(obj, dict) and obj.get("format") == FORMAT:
         obj = {**obj, "digest": content_digest(obj)}
     tmp = path.with_name(f".{path.name}.tmp.{os.getpid()}")
+    rec = None
     try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        _remove_stale_tmp(path)
         with open(tmp, "wb") as f:
-            torch.save(obj, f)
+            rec = _RecordingFile(f)
+            torch.save(obj, rec)
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
+    except (OSError, RuntimeError) as e:  # RuntimeError: torch.save's report of a failed write
+        if isinstance(e, RuntimeError) and (rec is None or rec.error is None):
+            raise
+        raise _write_error(path, rec.error if rec is not None and rec.error is not None else e) from None
     finally:
-        if tmp.exists():
-            tmp.unlink()
+        try:
+            tmp.unlink(missing_ok=True)
+        except OSError:
+            pass
     try:  # make the rename itself durable
         dfd = os.open(path.parent, os.O_RDONLY)
         try:

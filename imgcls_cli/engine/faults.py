@@ -44,18 +44,31 @@ class LoaderFailed(Exception):
         self.error = error
 
 
-def guarded(batches: Iterable[Any]) -> Iterator[Any]:
-    """Iterate a DataLoader; any exception it raises comes out wrapped in `LoaderFailed`."""
-    it = None
-    while True:
-        try:
-            it = iter(batches) if it is None else it  # persistent workers: creating the iterator can fail too
-            batch = next(it)
-        except StopIteration:
-            return
-        except Exception as e:  # worker death, a dataset bug, shared-memory exhaustion, ...
-            raise LoaderFailed(e) from e
-        yield batch
+def guarded(batches: Iterable[Any], signals: Any = None) -> Iterator[Any]:
+    """Iterate a DataLoader; any exception it raises comes out wrapped in `LoaderFailed`.
+
+    `signals` (a StopSignals): the consumer's work on each batch (a training step) is a deferred section,
+    while waiting for the next batch is not; a signal that came during a step stops at the next batch."""
+    it, held = None, False
+    try:
+        while True:
+            if held:
+                held = False
+                signals.leave()  # raises Interrupted for a signal recorded during the step
+            try:
+                it = iter(batches) if it is None else it  # persistent workers: creating the iterator can fail too
+                batch = next(it)
+            except StopIteration:
+                return
+            except Exception as e:  # worker death, a dataset bug, shared-memory exhaustion, ...
+                raise LoaderFailed(e) from e
+            if signals is not None:
+                signals.enter()
+                held = True
+            yield batch
+    finally:  # the consumer broke out of the loop or raised: its step is over
+        if held:
+            signals.leave(check=False)
 
 
 def is_worker_crash(error: BaseException) -> bool:

@@ -1,9 +1,10 @@
 """What goes into a training checkpoint, and how run checkpoints are kept and pruned.
 
 Only tensors, numbers, strings, lists and dicts: loadable with weights_only=True.  `last.pt` is
-written every epoch (and on a signal, mid-epoch with the sampler position), `best.pt` when the
-validation top-1 improves, `epoch_NNN.pt` keeps the last few; pruning never removes the newest
-loadable checkpoint.
+written every epoch before its evaluation (with `eval_pending` and the epoch's training record, so a
+resumed run redoes only the evaluation) and again after it, and on a signal mid-epoch with the
+sampler position; `best.pt` when the validation top-1 improves, `epoch_NNN.pt` keeps the last few;
+pruning never removes the newest loadable checkpoint.
 """
 
 from __future__ import annotations
@@ -64,11 +65,13 @@ def build_checkpoint(trainer: Any, epoch: int, position: int) -> dict[str, Any]:
     return ckpt
 
 
-def save_run_checkpoint(run_dir: Path, ckpt: dict[str, Any], is_best: bool, keep: int) -> None:
+def save_run_checkpoint(run_dir: Path, ckpt: dict[str, Any], is_best: bool, keep: int, epoch_file: bool = True) -> None:
+    """last.pt, best.pt when `is_best`, and at an epoch's end (position 0) epoch_NNN.pt unless `epoch_file` is off
+    (the second save of an epoch, after its evaluation, only updates last.pt and best.pt)."""
     atomic_save(ckpt, run_dir / "last.pt")
     if is_best:
         atomic_save(ckpt, run_dir / "best.pt")
-    if ckpt.get("position", 0) == 0:
+    if ckpt.get("position", 0) == 0 and epoch_file:
         atomic_save(ckpt, run_dir / f"epoch_{ckpt['epoch']:03d}.pt")
         prune(run_dir, keep)
 

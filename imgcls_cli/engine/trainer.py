@@ -1,18 +1,22 @@
 """The training loop.  It knows no method by name: a Task turns batches into losses.
 
 Per step: uint8 batch -> device -> normalise -> (Mixup/CutMix) -> autocast forward via the Task ->
-backward (with accumulation) -> optimizer + per-step schedule -> EMA.  Per epoch: evaluation on
-the *selection* split (`data.select_split`: the tree's val/ when test/ is reported, else one carved
-from the training images), `metrics.jsonl` (its `val_*` keys are that split's), atomic `last.pt` /
-`best.pt` (best on the selection split).  At the end, `best.pt` is evaluated once on the *reported*
-split (`data.val_split`) into `final_eval.json`: nothing is ever chosen on the reported images.
-Loss and accuracy are accumulated on the device and read only when the progress bar is refreshed.
+backward (with accumulation) -> optimizer + per-step schedule -> EMA.  Per epoch: atomic `last.pt`
+(saved before evaluation, marked `eval_pending`, so a stop during evaluation loses no training and
+resuming redoes only the evaluation), evaluation on the *selection* split (`data.select_split`: the
+tree's val/ when test/ is reported, else one carved from the training images), `best.pt` (best on the
+selection split), `metrics.jsonl` (its `val_*` keys are that split's).  At the end, `best.pt` is
+evaluated once on the *reported* split (`data.val_split`) into `final_eval.json`: nothing is ever
+chosen on the reported images.  Loss and accuracy are accumulated on the device and read only when the
+progress bar is refreshed.
+
+Stop signals (signals.py): a training step and a checkpoint write are `deferred` sections; anywhere
+else (waiting for batches, evaluation) a signal stops the run at once, after saving `last.pt`.
 """
 
 from __future__ import annotations
 
 import json
-import signal
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -39,16 +43,13 @@ from .faults import (
 )
 from .optim import build_optimizer, build_scheduler, param_groups
 from .progress import TrainProgress, cpu_seconds, epoch_line
-from .rundir import append_jsonl, make_run_dir, mark_latest
+from .rundir import append_jsonl, make_run_dir, mark_latest, write_text_atomic
 from .setup import open_and_resolve, second_stream, setup_data
+from .signals import Interrupted, StopSignals
 from .state import build_checkpoint, check_resumable, restore_rng, resume_checkpoint, save_run_checkpoint
 from .step_guard import StepGuard
 
-
-class Interrupted(Exception):
-    def __init__(self, signum: int):
-        super().__init__(f"signal {signum}")
-        self.exit_code = 128 + signum
+__all__ = ["Interrupted", "TrainResult", "Trainer", "train"]
 
 
 @dataclass
@@ -98,6 +99,8 @@ class Trainer:
 
         for line in log_messages if dist.is_main() else []:
             self.console.print(f"[dim]weights: {line}[/dim]")
+        for line in bundle.notes if dist.is_main() else []:
+            self.console.print(f"[yellow]warning:[/yellow] {line}", highlight=False, soft_wrap=True)
         place_model(model, cfg.train, self.device)
         self.model = model  # unwrapped: what checkpoints hold
         self.train_model = model
@@ -136,12 +139,19 @@ class Trainer:
         self.start_epoch, self.position, self.best, self.best_epoch = 0, 0, -1.0, -1
         self.best_state: dict[str, torch.Tensor] | None = None  # best.pt's weights, for the final evaluation
         self.global_step = 0
-        self.run_dir = make_run_dir(cfg, self.resume_from) if dist.is_main() else None
+        self.run_dir, self.run_lock = make_run_dir(cfg, self.resume_from) if dist.is_main() else (None, None)
         self.bad_reported: set[str] = set()  # by reason text (it names the file): indices repeat across splits
-        self.stop_signal: int | None = None
+        # under DDP a signal is acted on where the ranks agree (a progress update), never raised at once
+        self.signals = StopSignals(immediate=not dist.is_dist())  # installed by fit()
+        self.pending_record: dict[str, Any] | None = None  # a saved epoch whose evaluation has not finished
         if self.resume_state is not None:
-            self._restore(self.resume_state)
-            self._carry_best()
+            try:
+                self._restore(self.resume_state)
+                self._carry_best()
+            except BaseException:
+                if self.run_lock is not None:
+                    self.run_lock.release()
+                raise
 
     # ------------------------------------------------------------------------------------
     def _batches_per_epoch(self) -> int:
@@ -166,9 +176,10 @@ class Trainer:
         self.best, self.best_epoch = float(st.get("best_top1", -1.0)), int(st.get("best_epoch", -1))
         self.global_step, self.skipped_steps = int(st.get("global_step", 0)), int(st.get("skipped_steps", 0))
         restore_rng(st.get("rng"))
+        if st.get("eval_pending"):
+            self.pending_record = dict(st.get("pending_record") or {"epoch": self.start_epoch})
         if dist.is_main():
-            where = f"epoch {self.start_epoch + 1}" + (f", item {self.position}" if self.position else "")
-            self.console.print(f"resuming from {self.cfg.train.resume} at {where}")
+            self.console.print(self._resume_line())
 
     def _carry_best(self) -> None:
         """A run resumed into a new --out starts with its source's best.pt, so the branch is complete on its own."""
@@ -181,8 +192,14 @@ class Trainer:
 
             shutil.copy2(src, dst)
 
-    def _on_signal(self, signum: int, _frame: Any) -> None:
-        self.stop_signal = signum
+    def _resume_line(self) -> str:
+        ep, total = self.start_epoch, self.cfg.train.epochs
+        head = f"resuming from {self.resume_from} (global step {self.global_step}):"
+        if self.pending_record is not None:
+            head += f" epoch {ep} was trained, its evaluation was interrupted and is redone first;"
+        if ep >= total:
+            return f"{head} all {total} epochs are trained, nothing left to train"
+        return f"{head} continues at epoch {ep + 1} of {total}" + (f", item {self.position}" if self.position else "")
 
     def _report_bad(self, bad: list[tuple[int, str]]) -> None:
         for _idx, reason in bad:
@@ -195,7 +212,7 @@ class Trainer:
     def fit(self) -> TrainResult:
         cfg = self.cfg
         if dist.is_main():
-            (self.run_dir / "config.yaml").write_text(cfg.to_yaml())
+            write_text_atomic(self.run_dir / "config.yaml", cfg.to_yaml())
             mark_latest(self.run_dir, cfg.train.runs_dir if not cfg.train.out else Path(cfg.train.runs_dir))
             b = self.bundle
             sel = f" / {len(b.select)} selection ({b.select_split})" if b.select is not None else ""
@@ -203,25 +220,33 @@ class Trainer:
                                f" {len(b.val) if b.val else 0} {cfg.data.val_split or 'val'} images,"
                                f" {b.num_classes} classes, {cfg.data.img_size} px {cfg.aug.preset},"
                                f" device {self.device})")
-        old = {s: signal.signal(s, self._on_signal) for s in (signal.SIGTERM, signal.SIGINT)}
         self.last_top1 = float("nan")
         epoch = self.start_epoch
-        try:
-            for epoch in range(self.start_epoch, cfg.train.epochs):
-                stats = self._train_epoch(epoch)
-                try:
-                    self._end_epoch(epoch, stats)
-                except RuntimeError as e:  # a worker of the next epoch died (PyTorch raises from its SIGCHLD
-                    if not is_worker_crash(e):  # handler, wherever the main thread is): the epoch itself is done
-                        raise
-                    self._save(epoch + 1, 0, is_best=False)
-                    raise crash_error(e, self.run_dir) from None
-            final = self._final_eval()
-        except Interrupted as e:
-            raise SystemExit(e.exit_code) from None
-        finally:
-            for s, h in old.items():
-                signal.signal(s, h)
+        with self.signals:
+            try:
+                if self.pending_record is not None:  # resumed after a stop during an evaluation: redo only that
+                    self._evaluate_epoch(self.start_epoch - 1, self.pending_record)
+                for epoch in range(self.start_epoch, cfg.train.epochs):
+                    stats = self._train_epoch(epoch)
+                    try:
+                        self._end_epoch(epoch, stats)
+                    except RuntimeError as e:  # a worker of the next epoch died (PyTorch raises from its SIGCHLD
+                        if not is_worker_crash(e):  # handler, wherever the main thread is): the epoch itself is done
+                            raise
+                        if self.signals.signum is not None:  # killed by the signal that stops this run
+                            raise Interrupted(self.signals.signum) from None
+                        self._save(epoch + 1, 0, is_best=False)
+                        raise crash_error(e, self.run_dir) from None
+                final = self._final_eval()
+            except Interrupted as e:
+                self.signals.immediate = False  # stopping: a second signal must not cut what follows
+                if dist.is_main():
+                    self.console.print(f"stopped by signal {e.signum}: last.pt in {self.run_dir} holds every"
+                                       f" finished step (resume with --resume {self.run_dir})")
+                raise SystemExit(e.exit_code) from None
+            finally:
+                if self.run_lock is not None:
+                    self.run_lock.release()
         dist.cleanup()
         return TrainResult(self.run_dir, self.best, self.last_top1, self.best_epoch, epoch + 1, cfg, final)
 
@@ -256,28 +281,41 @@ class Trainer:
         return summary
 
     def _end_epoch(self, epoch: int, stats: dict[str, Any]) -> None:
-        """Start the next epoch's loading, evaluate, checkpoint, log."""
+        """Start the next epoch's loading, checkpoint the trained epoch, evaluate, log."""
         cfg = self.cfg
         if epoch + 1 < cfg.train.epochs:
             self.epoch_batches.prefetch(epoch + 1)  # the workers load it during evaluation and checkpointing
         record: dict[str, Any] = {"epoch": epoch + 1, **stats}
         sel = self.data.select_loader  # never the reported split: that one is evaluated once, in _final_eval
-        if sel is not None and ((epoch + 1) % cfg.train.eval_every == 0 or epoch + 1 == cfg.train.epochs):
-            res = self.evaluate(sel)
-            self.last_top1 = res.top1
-            record.update(val_top1=res.top1, val_top5=res.top5, val_loss=res.loss_sum / max(1, res.n),
-                          val_mean_class_acc=res.mean_class_acc, val_n=res.n, val_split=self.bundle.select_split)
-            is_best = res.top1 > self.best
-            if is_best:
-                self.best, self.best_epoch = res.top1, epoch + 1
-                evaluated = self.ema.module if self.ema is not None else self.model
-                self.best_state = {k: v.detach().to("cpu", copy=True) for k, v in evaluated.state_dict().items()}
+        evaluating = sel is not None and ((epoch + 1) % cfg.train.eval_every == 0 or epoch + 1 == cfg.train.epochs)
+        # saved before the evaluation starts: a stop during it (or during the next save) loses no training
+        self._save(epoch + 1, 0, is_best=sel is None, pending_record=record if evaluating else None)
+        if evaluating:
+            self._evaluate_epoch(epoch, record)
         else:
-            is_best = sel is None
-        self._save(epoch + 1, 0, is_best)
+            self._log_epoch(record)
+
+    def _evaluate_epoch(self, epoch: int, record: dict[str, Any]) -> None:
+        """Evaluate the saved epoch `epoch` (0-based) on the selection split, then save again with the result (and
+        best.pt), log."""
+        res = self.evaluate(self.data.select_loader)
+        self.last_top1 = res.top1
+        record = {**record, "val_top1": res.top1, "val_top5": res.top5, "val_loss": res.loss_sum / max(1, res.n),
+                  "val_mean_class_acc": res.mean_class_acc, "val_n": res.n, "val_split": self.bundle.select_split}
+        is_best = res.top1 > self.best
+        if is_best:
+            self.best, self.best_epoch = res.top1, epoch + 1
+            evaluated = self.ema.module if self.ema is not None else self.model
+            self.best_state = {k: v.detach().to("cpu", copy=True) for k, v in evaluated.state_dict().items()}
+        self._save(epoch + 1, 0, is_best, epoch_file=False)  # last.pt without eval_pending; the epoch file has it
+        self.pending_record = None
+        self._log_epoch(record)
+
+    def _log_epoch(self, record: dict[str, Any]) -> None:
         if dist.is_main():
-            append_jsonl(self.run_dir / "metrics.jsonl", record)
-            self.console.print(epoch_line(record, cfg.train.epochs))
+            with self.signals.deferred():
+                append_jsonl(self.run_dir / "metrics.jsonl", record)
+            self.console.print(epoch_line(record, self.cfg.train.epochs))
 
     def evaluate(self, loader: Any):
         model = self.ema.module if self.ema is not None else self.model
@@ -292,12 +330,18 @@ class Trainer:
                        on_bad=self._report_bad)
         return res
 
-    def _save(self, epoch: int, position: int, is_best: bool) -> None:
-        """`position`: items this rank has consumed in `epoch`; stored as the all-ranks count."""
+    def _save(self, epoch: int, position: int, is_best: bool, pending_record: dict[str, Any] | None = None,
+              epoch_file: bool = True) -> None:
+        """`position`: items this rank has consumed in `epoch`; stored as the all-ranks count.  `pending_record`:
+        the epoch is trained but not yet evaluated (resuming redoes the evaluation, then logs this record)."""
         if not dist.is_main():
             return
-        ckpt = build_checkpoint(self, epoch, position * dist.world_size())
-        save_run_checkpoint(self.run_dir, ckpt, is_best=is_best, keep=self.cfg.train.keep_checkpoints)
+        with self.signals.deferred():  # a signal waits for the write (atomic anyway) and stops right after it
+            ckpt = build_checkpoint(self, epoch, position * dist.world_size())
+            if pending_record is not None:
+                ckpt.update(eval_pending=True, pending_record=pending_record)
+            save_run_checkpoint(self.run_dir, ckpt, is_best=is_best, keep=self.cfg.train.keep_checkpoints,
+                                epoch_file=epoch_file)
 
     def _poll_guard(self, epoch: int, i: int, items_done: int) -> int:
         """Report the steps the guard skipped since the last poll; stop after train.max_bad_steps in a row."""
@@ -344,7 +388,7 @@ class Trainer:
         items_done, guard, skipped = position, self.guard, 0
         with progress:
             try:
-                for i, batch in enumerate(guarded(loader)):
+                for i, batch in enumerate(guarded(loader, self.signals)):  # each step: a deferred section
                     batch, batch2 = batch if self.second is not None else (batch, None)
                     if i >= max_batches:
                         break
@@ -403,15 +447,18 @@ class Trainer:
                         progress.update(i + 1, loss=float(loss_sum) / max(1, s), acc=float(correct) / max(1, s) * 100,
                                         lr=self.optimizer.param_groups[0]["lr"], ips=n_images / max(el, 1e-9))
                     # under DDP, agreeing is a collective read back to the host: done at progress updates only
-                    signum = agreed_signal(self.stop_signal, dev) if at_update or not dist.is_dist() else None
+                    # (alone, a signal raises at the next batch: guarded() ends the step's deferred section)
+                    signum = agreed_signal(self.signals.signum, dev) if at_update and dist.is_dist() else None
                     if signum is not None:
-                        self._save(epoch, items_done, is_best=False)
-                        if dist.is_main():
-                            self.console.print(f"stopped by signal {signum}: checkpoint saved to"
-                                               f" {self.run_dir / 'last.pt'} (resume with --resume {self.run_dir})")
                         raise Interrupted(signum)
+            except Interrupted:  # between steps, or while waiting for a batch: every finished step is kept
+                self.signals.immediate = False  # stopping: a second signal must not cut the save
+                self._save(epoch, items_done, is_best=False)
+                raise
             except LoaderFailed as e:  # the batches trained so far are kept: resume continues after them
                 self._save(epoch, items_done, is_best=False)
+                if self.signals.signum is not None:  # a worker died of the group signal that stops this run
+                    raise Interrupted(self.signals.signum) from None
                 if not is_worker_crash(e.error):
                     raise e.error from None
                 raise crash_error(e.error, self.run_dir) from None

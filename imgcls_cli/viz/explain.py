@@ -22,6 +22,10 @@ from ..errors import ImgclsError
 from .cam import cam
 
 
+class UnreadableImage(ImgclsError):
+    """An image file that cannot be decoded (`imgcls cam` skips and reports it)."""
+
+
 @dataclass
 class ClassMap:
     index: int
@@ -100,7 +104,7 @@ def explain_file(path: Path, ckpt: Checkpoint, method: str = "gradcam", classes:
     try:
         image = decode_file(path, ckpt.config.data.decoder)
     except BadImage as e:
-        raise ImgclsError(f"IMAGE {path}: {e}") from None
+        raise UnreadableImage(f"IMAGE {path}: {e}") from None
     x, (y0, x0, y1, x1) = preprocess(image, ckpt, dev)
     with torch.no_grad():
         probs = ckpt.model.eval()(x).float().softmax(1)[0]  # (C,)
