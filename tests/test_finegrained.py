@@ -321,7 +321,7 @@ def _train_and_eval(tiny_folder: Path, tmp_path: Path, **extra: object):
                             "--workers", "0"])
     assert r.exit_code == 0, r.output
     summary = json.loads((tmp_path / "e.json").read_text())
-    assert summary["top1"] == pytest.approx(res.best_top1, abs=1e-6)  # reload reproduces training's eval
+    assert summary["top1"] == pytest.approx(res.final["top1"], abs=1e-6)  # reload reproduces training's eval
     a, b = ic.load_checkpoint(str(out / "best.pt")), ic.load_checkpoint(str(out / "best.pt"))
     x = torch.randn(2, 3, 32, 32)
     torch.testing.assert_close(a.model(x), b.model(x), rtol=0, atol=0)

@@ -428,8 +428,10 @@ def test_imbalance_ratio_warns_with_the_real_ratio(tmp_path):
     root = make_folder_dataset(tmp_path / "d", classes=3, train=20, val=1, size=8)
     for f in sorted((root / "train" / "class_0").iterdir())[4:]:  # the head class keeps 4 of its 20
         f.unlink()
-    b = open_data(build_config(None, {"data.path": str(root), "data.imbalance_ratio": 10}).data)
+    b = open_data(build_config(None, {"data.path": str(root), "data.imbalance_ratio": 10,
+                                      "data.select_split": "none"}).data)
     assert b.class_counts() == [4, 6, 2]  # wants [20, 6, 2]
     assert len(b.notes) == 1 and "ratio is 3.0 (largest class 6 images, smallest 2), not 10" in b.notes[0]
     root2 = make_folder_dataset(tmp_path / "e", classes=3, train=20, val=1, size=8)
-    assert open_data(build_config(None, {"data.path": str(root2), "data.imbalance_ratio": 10}).data).notes == []
+    assert open_data(build_config(None, {"data.path": str(root2), "data.imbalance_ratio": 10,
+                                         "data.select_split": "none"}).data).notes == []

@@ -105,7 +105,8 @@ def _signal_and_time(proc: subprocess.Popen, signum: int, group: bool = False) -
 
 def _train(data: Path, out: Path, **extra: object) -> dict[str, object]:
     return quick_overrides(**{"data.path": str(data), "data.img_size": 32, "train.batch_size": 4,
-                              "train.epochs": 2, "train.out": str(out), "train.log_steps": True, **extra})
+                              "train.epochs": 2, "train.out": str(out), "train.log_steps": True,
+                              "data.select_split": "auto", **extra})  # val/ evaluated every epoch
 
 
 def _lines(p: Path) -> list[str]:
@@ -114,8 +115,12 @@ def _lines(p: Path) -> list[str]:
 
 @pytest.fixture
 def data(tmp_path: Path) -> Path:
-    # 24 training images (6 steps of 4), 60 validation images: 15 evaluation batches of 4
-    return make_folder_dataset(tmp_path / "data", classes=3, train=8, val=20)
+    # 24 training images (6 steps of 4), 60 validation images: 15 evaluation batches of 4 each epoch (val/ is
+    # the selection split because test/ is there to be reported)
+    root = make_folder_dataset(tmp_path / "data", classes=3, train=8, val=20)
+    make_folder_dataset(tmp_path / "held", classes=3, train=1, val=2)
+    (tmp_path / "held" / "val").rename(root / "test")
+    return root
 
 
 @pytest.mark.slow
@@ -125,8 +130,12 @@ def test_sigterm_during_evaluation_stops_at_once_and_resume_does_not_retrain(dat
     a signal only polled between training steps (exit after the whole 7.5 s evaluation), a resumed run that
     skips the interrupted evaluation (no epoch-1 record)."""
     extra = {"train.eval_batch_size": 4}
-    ref = ic.train(**_train(data, tmp_path / "ref", **extra))
-    want = [json.loads(x) for x in _lines(ref.run_dir / "metrics.jsonl")]
+    # the reference in a child too: the same thread count, so the same floating-point sums (1 vs 2 threads
+    # differ in the last bits, and six steps at lr 0.05 make that a different model)
+    ref_proc = _child({"train": _train(data, tmp_path / "ref", **extra)}, tmp_path / "ref_marker")
+    ref_out, _ = ref_proc.communicate(timeout=120)
+    assert ref_proc.returncode == 0, ref_out
+    want = [json.loads(x) for x in _lines(tmp_path / "ref" / "metrics.jsonl")]
     run = tmp_path / "cut"
     proc = _child({"train": _train(data, run, **extra), "slow": "eval"}, tmp_path / "m")
     _wait_for(proc, (tmp_path / "m").exists, "the evaluation of epoch 1")
@@ -138,8 +147,10 @@ def test_sigterm_during_evaluation_stops_at_once_and_resume_does_not_retrain(dat
     assert ck["epoch"] == 1 and ck["eval_pending"] and ck["global_step"] == 6, "epoch 1 must be saved before eval"
     assert len(_lines(run / "steps.jsonl")) == 6 and not _lines(run / "metrics.jsonl")
     capsys.readouterr()
-    ic.train(**_train(data, run, **{**extra, "train.resume": str(run)}))
-    err = " ".join(capsys.readouterr().err.split())  # rich wraps at 80 columns
+    resumed = _child({"train": _train(data, run, **{**extra, "train.resume": str(run)})}, tmp_path / "m2")
+    err, _ = resumed.communicate(timeout=120)
+    assert resumed.returncode == 0, err
+    err = " ".join(err.split())  # rich wraps at 80 columns
     assert "evaluation was interrupted and is redone first" in err and "continues at epoch 2 of 2" in err
     assert len(_lines(run / "steps.jsonl")) == 12, "epoch 1 was trained again"
     got = [json.loads(x) for x in _lines(run / "metrics.jsonl")]

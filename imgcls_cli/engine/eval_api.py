@@ -40,6 +40,10 @@ def eval_loader(ckpt: Checkpoint, data: str | None, split: str | None, batch_siz
         upd["data.path"], upd["data.val_split"] = data, None
     if split is not None:
         upd["data.val_split"] = split
+    if cfg.data.select_split == "val" and ("data.path" in upd or upd.get("data.val_split", "test") == "val"):
+        # the run selected on val/ (nothing was carved from its training images); evaluating val/ or other data
+        # needs no selection split, and the training split stays the one the run trained on
+        upd["data.select_split"] = "none"
     if workers is not None:
         upd["data.workers"] = workers
     # the evaluated split is balanced and complete: no long-tail subsetting of val applies anyway
