@@ -1,9 +1,10 @@
 """Results tables from run directories (`imgcls report`).
 
-Every number comes from a run's own files: `config.yaml` (what was trained) and `metrics.jsonl`
-(per-epoch validation metrics); `eval.json` in the run directory, when present (written by
-`imgcls eval --json RUN/eval.json`), adds many/medium/few.  The reported top-1 is the best epoch's
-(the one `best.pt` holds), with its top-5.
+Every number comes from a run's own files: `config.yaml` (what was trained) and the evaluation the
+trainer wrote once at the end, `final_eval.json` (the checkpoint chosen on the selection split, evaluated on
+the reported split: top-1, top-5, many/medium/few).  A run without it (an older or unfinished run) falls back
+to `eval.json` (written by `imgcls eval --json RUN/eval.json`), then to the best epoch of `metrics.jsonl`,
+whose numbers are on the selection split; the `split` column always says which split a row reports.
 """
 
 from __future__ import annotations
@@ -19,7 +20,7 @@ import yaml
 from .errors import ImgclsError
 
 COLUMNS = ["run", "data", "backbone", "attention", "head", "loss", "augmentation", "method", "img", "epochs",
-           "top1", "top5", "many", "medium", "few"]
+           "split", "top1", "top5", "many", "medium", "few"]
 
 
 def _aug(cfg: dict[str, Any]) -> str:
@@ -62,8 +63,6 @@ def read_run(run_dir: str | Path) -> dict[str, Any]:
             rows.append(json.loads(line))
         except json.JSONDecodeError as e:  # e.g. a line cut short by a full disk
             raise ImgclsError(f"report: {met_p} line {n} is not JSON ({e.msg}); fix or remove that line") from None
-    evaluated = [r for r in rows if "val_top1" in r]
-    best = max(evaluated, key=lambda r: r["val_top1"]) if evaluated else None
     m, t = cfg["model"], cfg["train"]
     sampler = cfg["data"].get("sampler", "instance")
     method = t["method"] + ("" if sampler == "instance" else f" ({sampler})")
@@ -74,15 +73,28 @@ def read_run(run_dir: str | Path) -> dict[str, Any]:
         "backbone": m["backbone"], "attention": m["attn"], "head": _head(cfg), "loss": cfg["loss"]["name"],
         "augmentation": _aug(cfg), "method": method, "img": cfg["data"].get("img_size"),
         "epochs": f"{len(rows)}/{t['epochs']}" if len(rows) != t["epochs"] else str(t["epochs"]),
-        "top1": best["val_top1"] if best else None, "top5": best["val_top5"] if best else None,
-        "many": None, "medium": None, "few": None,
+        **_reported(d, rows),
     }
-    ev = d / "eval.json"
-    if ev.is_file():
-        e = json.loads(ev.read_text())
-        for k in ("many", "medium", "few"):
-            out[k] = e.get(k)
     return out
+
+
+def _reported(d: Path, rows: list[dict[str, Any]]) -> dict[str, Any]:
+    """The row's numbers and the split they are on: final_eval.json, else eval.json, else the best epoch."""
+    for name in ("final_eval.json", "eval.json"):
+        p = d / name
+        if p.is_file():
+            try:
+                e = json.loads(p.read_text())
+            except json.JSONDecodeError as err:
+                raise ImgclsError(f"report: {p} is not JSON ({err.msg}); remove it or rerun imgcls eval") from None
+            sel = e.get("selected_on")
+            split = str(e.get("split", "?")) + (f" ({e.get('checkpoint', 'best.pt')} on {sel})" if sel else "")
+            return {"split": split, **{k: e.get(k) for k in ("top1", "top5", "many", "medium", "few")}}
+    evaluated = [r for r in rows if "val_top1" in r]
+    best = max(evaluated, key=lambda r: r["val_top1"]) if evaluated else None
+    split = f"{best.get('val_split', 'val')} (selection split: best epoch)" if best else "-"
+    return {"split": split, "top1": best["val_top1"] if best else None, "top5": best["val_top5"] if best else None,
+            "many": None, "medium": None, "few": None}
 
 
 def _fmt(v: Any) -> str:

@@ -19,7 +19,7 @@ import imgcls_cli as ic
 from imgcls_cli.data.dataset import ImageDataset
 from imgcls_cli.data.loader import DeviceNormalizer
 from imgcls_cli.engine.checkpoint import read_checkpoint
-from imgcls_cli.engine.faults import LoaderCrashed, TrainingDiverged
+from imgcls_cli.engine.faults import LoaderCrashed, LoaderFailed, TrainingDiverged, worker_deaths_held
 
 from .conftest import make_folder_dataset, quick_overrides
 
@@ -151,6 +151,24 @@ def _signal_and_compare(data: Path, tmp_path: Path, signum: int, code: int) -> N
     got = _losses(run)
     assert got == want, f"resumed after step {done}: per-step losses differ"  # bit-exact on CPU
     print(f"\n{signal.Signals(signum).name}: stopped after step {done}/12 (exit {rc}), resumed, 12/12 losses equal")
+
+
+def test_a_worker_death_during_a_checkpoint_write_waits_for_the_write(tmp_path: Path) -> None:
+    """The DataLoader's SIGCHLD handler raises in whatever the main thread runs; inside torch.save that broke the
+    zip writer ("unexpected pos 64 vs 0") and surfaced as a RuntimeError instead of the loader crash."""
+    def dataloader_handler(signum, frame):  # what torch.utils.data's handler does when a worker died
+        raise RuntimeError("DataLoader worker (pid 12345) is killed by signal: Killed.")
+
+    old = signal.signal(signal.SIGCHLD, dataloader_handler)
+    try:
+        with pytest.raises(LoaderFailed):
+            with worker_deaths_held():
+                os.kill(os.getpid(), signal.SIGCHLD)  # the worker dies mid-write
+                torch.save({"w": torch.arange(10)}, tmp_path / "ck.pt")
+                (tmp_path / "written").touch()
+    finally:
+        signal.signal(signal.SIGCHLD, old)
+    assert (tmp_path / "written").exists() and torch.load(tmp_path / "ck.pt")["w"].sum() == 45
 
 
 def test_dataloader_worker_crash_saves_checkpoint(data: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:

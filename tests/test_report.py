@@ -17,9 +17,14 @@ def _best(run: Path) -> dict:
     return max(rows, key=lambda r: r["val_top1"])
 
 
+def _final(run: Path) -> dict:
+    return json.loads((run / "final_eval.json").read_text())
+
+
 def test_report_shows_two_real_runs_exactly(tiny_folder, tmp_path):
+    """The row is the run's final evaluation (best.pt on the reported split), not a selection-split epoch."""
     a = ic.train(**quick_overrides(**{"data.path": str(tiny_folder), "data.img_size": 32, "train.epochs": 2,
-                                      "train.out": str(tmp_path / "runs" / "a")}))
+                                      "data.select_split": "auto", "train.out": str(tmp_path / "runs" / "a")}))
     b = ic.train(**quick_overrides(**{"data.path": str(tiny_folder), "data.img_size": 32, "train.epochs": 1,
                                       "loss.label_smoothing": 0.1, "train.out": str(tmp_path / "runs" / "b")}))
     csv_out = subprocess.run([sys.executable, "-m", "imgcls_cli", "report", str(a.run_dir), str(b.run_dir),
@@ -27,15 +32,24 @@ def test_report_shows_two_real_runs_exactly(tiny_folder, tmp_path):
     header, *rows = [line.split(",") for line in csv_out.strip().splitlines()]
     got = {r[header.index("run")]: r for r in rows}
     for run in (Path(a.run_dir), Path(b.run_dir)):
-        best = _best(run)
-        row = got[run.name]
-        assert float(row[header.index("top1")]) == best["val_top1"]
-        assert float(row[header.index("top5")]) == best["val_top5"]
+        final, row = _final(run), got[run.name]
+        assert float(row[header.index("top1")]) == final["top1"]
+        assert float(row[header.index("top5")]) == final["top5"]
+    assert got["a"][header.index("split")] == "val (best.pt on carve)"  # tiny_folder: train/ + val/, val reported
+    assert got["b"][header.index("split")] == "val"  # no selection split: last.pt
     assert got["b"][header.index("augmentation")] == "LS 0.1"
     assert got["a"][header.index("epochs")] == "2"
     md = subprocess.run([sys.executable, "-m", "imgcls_cli", "report", str(tmp_path / "runs")],
                         capture_output=True, text=True, check=True).stdout
-    assert md.startswith("| run |") and f"{_best(Path(a.run_dir))['val_top1']:.2f}" in md
+    assert md.startswith("| run |") and f"{_final(Path(a.run_dir))['top1']:.2f}" in md
+
+
+def test_report_without_final_eval_says_it_shows_the_selection_split(tmp_path):
+    run = _fake_run(tmp_path / "old", 42.0)
+    out = subprocess.run([sys.executable, "-m", "imgcls_cli", "report", str(run), "--format", "csv"],
+                         capture_output=True, text=True, check=True).stdout
+    header, row = [line.split(",") for line in out.strip().splitlines()]
+    assert row[header.index("top1")] == "42.0" and row[header.index("split")] == "val (selection split: best epoch)"
 
 
 def test_report_rejects_non_run(tmp_path):

@@ -286,8 +286,8 @@ def test_an_empty_first_batch_still_opens_the_step(tmp_path: Path, monkeypatch: 
 
     real = tr.guarded
 
-    def drop_third(loader):  # batch 3 (first of step 2's window) arrives with no readable image
-        for k, b in enumerate(real(loader)):
+    def drop_third(loader, signals=None):  # batch 3 (first of step 2's window) arrives with no readable image
+        for k, b in enumerate(real(loader, signals)):
             yield {**b, "images": None, "bad": []} if k == 2 else b
 
     monkeypatch.setattr(tr, "guarded", drop_third)

@@ -7,7 +7,10 @@ all ranks through one all-reduce, so no rank waits forever in a collective anoth
 
 from __future__ import annotations
 
+import signal
+import threading
 from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
 from typing import Any
 
 import torch
@@ -74,6 +77,33 @@ def guarded(batches: Iterable[Any], signals: Any = None) -> Iterator[Any]:
 def is_worker_crash(error: BaseException) -> bool:
     msg = str(error)
     return "DataLoader worker" in msg or "worker exited unexpectedly" in msg
+
+
+@contextmanager
+def worker_deaths_held() -> Iterator[None]:
+    """Hold SIGCHLD while the body runs (a checkpoint write).
+
+    PyTorch's DataLoader installs a SIGCHLD handler that raises a RuntimeError in whatever Python code the
+    main thread is running when a worker dies; inside torch.save that error corrupts the zip writer's state
+    ("unexpected pos ...") and hides the real cause.  Here the signal is only noted (the mask would not do:
+    any thread may take a process signal); the DataLoader's check runs once the write is complete, and a
+    worker death it reports comes out as `LoaderFailed`."""
+    if not hasattr(signal, "SIGCHLD") or threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    came: list[int] = []
+    handler = signal.signal(signal.SIGCHLD, lambda signum, frame: came.append(signum))
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGCHLD, handler)
+        if came and callable(handler):  # the DataLoader's check, run now that the write is complete
+            try:
+                handler(signal.SIGCHLD, None)
+            except RuntimeError as e:
+                if not is_worker_crash(e):
+                    raise
+                raise LoaderFailed(e) from e
 
 
 def agreed_signal(signum: int | None, device: torch.device) -> int | None:

@@ -40,6 +40,7 @@ from .faults import (
     freeze_batchnorm,
     guarded,
     is_worker_crash,
+    worker_deaths_held,
 )
 from .optim import build_optimizer, build_scheduler, param_groups
 from .progress import TrainProgress, cpu_seconds, epoch_line
@@ -340,8 +341,12 @@ class Trainer:
             ckpt = build_checkpoint(self, epoch, position * dist.world_size())
             if pending_record is not None:
                 ckpt.update(eval_pending=True, pending_record=pending_record)
-            save_run_checkpoint(self.run_dir, ckpt, is_best=is_best, keep=self.cfg.train.keep_checkpoints,
-                                epoch_file=epoch_file)
+            try:
+                with worker_deaths_held():
+                    save_run_checkpoint(self.run_dir, ckpt, is_best=is_best, keep=self.cfg.train.keep_checkpoints,
+                                        epoch_file=epoch_file)
+            except LoaderFailed as e:  # a worker died during the write: the checkpoint is complete
+                raise crash_error(e.error, self.run_dir) from None
 
     def _poll_guard(self, epoch: int, i: int, items_done: int) -> int:
         """Report the steps the guard skipped since the last poll; stop after train.max_bad_steps in a row."""
