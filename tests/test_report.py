@@ -7,6 +7,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 import imgcls_cli as ic
 
 from .conftest import quick_overrides
@@ -100,3 +102,42 @@ def test_report_names_a_capped_training_set(tmp_path):
     out = subprocess.run([sys.executable, "-m", "imgcls_cli", "report", str(run), "--format", "csv"],
                          capture_output=True, text=True, check=True).stdout
     assert out.splitlines()[1].split(",")[1] == "digits max20/class"
+
+
+def test_report_adds_a_row_per_variant_evaluation(tmp_path):
+    """`imgcls eval RUN/best.pt --tau-norm auto --json RUN/variant_tau-norm.json` is a row of its own."""
+    run = _fake_run(tmp_path / "ce", 40.0)
+    (run / "variant_tau-norm.json").write_text(json.dumps({"top1": 47.5, "top5": 90.0, "many": 58.1, "medium": 45.9,
+                                                           "few": 23.5, "tau": 1.9, "tau_selected_on": "carve",
+                                                           "split": "test"}))
+    out = subprocess.run([sys.executable, "-m", "imgcls_cli", "report", str(run), "--format", "csv"],
+                         capture_output=True, text=True, check=True).stdout
+    header, base, var = [line.split(",") for line in out.strip().splitlines()]
+    assert base[header.index("top1")] == "40.0" and var[header.index("run")] == "ce+tau-norm"
+    assert var[header.index("method")] == "standard + tau-norm 1.9 (tau on carve)"
+    assert [var[header.index(k)] for k in ("split", "top1", "few")] == ["test", "47.5", "23.5"]
+
+
+def _seeded_run(d: Path, seed: int, top1: float, lr: float = 0.1) -> Path:
+    run = _fake_run(d, 0.0)
+    (run / "config.yaml").write_text((run / "config.yaml").read_text().replace(
+        "train: {method: standard, epochs: 1}", f"train: {{method: standard, epochs: 1, seed: {seed}, out: {d}}}")
+        + f"optim: {{lr: {lr}}}\n")
+    (run / "final_eval.json").write_text(json.dumps({"top1": top1, "top5": 99.0, "split": "test"}))
+    return run
+
+
+def test_report_group_seeds_is_mean_and_std_over_runs_that_differ_only_in_the_seed(tmp_path):
+    for seed, top1 in ((0, 40.0), (1, 42.0), (2, 47.0)):
+        _seeded_run(tmp_path / "runs" / f"ce-s{seed}", seed, top1)
+    _seeded_run(tmp_path / "runs" / "other-lr", 0, 10.0, lr=0.05)  # another recipe: never averaged in
+    cmd = [sys.executable, "-m", "imgcls_cli", "report", str(tmp_path / "runs"), "--group-seeds"]
+    csv_out = subprocess.run([*cmd, "--format", "csv"], capture_output=True, text=True, check=True).stdout
+    header, *rows = [line.split(",") for line in csv_out.strip().splitlines()]
+    got = {r[header.index("seeds")]: r for r in rows}
+    assert set(got) == {"0 1 2", "0"} and got["0"][header.index("top1")] == "10.0"
+    ce = got["0 1 2"]
+    assert float(ce[header.index("top1")]) == 43.0 and float(ce[header.index("top1_std")]) == pytest.approx(
+        3.605551, abs=1e-5)  # the sample std (n - 1) of 40, 42, 47
+    md = subprocess.run(cmd, capture_output=True, text=True, check=True).stdout
+    assert "| 43.00 ± 3.61 |" in md

@@ -14,10 +14,12 @@ def report_command(
     runs: list[Path] = typer.Argument(..., help="Run directories (each with config.yaml and metrics.jsonl)."),
     fmt: str = typer.Option("md", "--format", help="md|csv."),
     output: Path = typer.Option(None, "--out", help="Write the table to this file too."),
+    group: bool = typer.Option(False, "--group-seeds", help="One row per recipe: runs whose config.yaml differ only"
+                               " in train.seed (and out/name/resume/init_from/workers) as mean ± std."),
 ) -> None:
     """Results table (backbone, attention, loss, augmentation, method, data, epochs, top-1/5, shots)."""
     from ..errors import ImgclsError
-    from ..report import read_run, table
+    from ..report import group_seeds, read_rows, table
 
     if fmt not in ("md", "csv"):
         raise ImgclsError(f"--format {fmt!r}: valid formats are md, csv")
@@ -31,7 +33,8 @@ def report_command(
                 dirs.append(d)
     if not dirs:
         raise ImgclsError(f"report: no run directories found in {', '.join(map(str, runs))}")
-    text = table([read_run(d) for d in dirs], fmt)
+    rows = [row for d in dirs for row in read_rows(d)]
+    text = table(group_seeds(rows) if group else rows, fmt)
     stdout.print(text, end="", markup=False, highlight=False, soft_wrap=True)
     if output is not None:
         try:
