@@ -76,6 +76,7 @@ def read_run(run_dir: str | Path) -> dict[str, Any]:
         "epochs": f"{len(rows)}/{t['epochs']}" if len(rows) != t["epochs"] else str(t["epochs"]),
         "top1": best["val_top1"] if best else None, "top5": best["val_top5"] if best else None,
         "many": None, "medium": None, "few": None,
+        "config": cfg,  # the resolved config: `report_stats` groups runs by it
     }
     ev = d / "eval.json"
     if ev.is_file():
@@ -83,6 +84,21 @@ def read_run(run_dir: str | Path) -> dict[str, Any]:
         for k in ("many", "medium", "few"):
             out[k] = e.get(k)
     return out
+
+
+def find_runs(paths: list[Path]) -> list[Path]:
+    """Run directories among `paths`: a folder of runs is expanded; runs/latest (a link to one listed anyway) is not."""
+    dirs: list[Path] = []
+    seen: set[Path] = set()
+    for r in map(Path, paths):
+        found = [r] if (r / "metrics.jsonl").exists() else sorted(p.parent for p in r.glob("*/metrics.jsonl"))
+        for d in found:
+            if d.resolve() not in seen:
+                seen.add(d.resolve())
+                dirs.append(d)
+    if not dirs:
+        raise ImgclsError(f"report: no run directories found in {', '.join(map(str, paths))}")
+    return dirs
 
 
 def _fmt(v: Any) -> str:
@@ -93,6 +109,8 @@ def _fmt(v: Any) -> str:
 
 def table(runs: list[dict[str, Any]], fmt: str = "md") -> str:
     cols = [c for c in COLUMNS if c not in ("many", "medium", "few") or any(r[c] is not None for r in runs)]
+    if fmt == "json":
+        return json.dumps([{c: r[c] for c in cols} for r in runs], indent=2) + "\n"
     if fmt == "csv":
         buf = io.StringIO()
         w = csv.writer(buf)

@@ -57,7 +57,8 @@ def test_report_lists_runs_latest_once(tmp_path):
     _fake_run(tmp_path / "runs" / "a", 10.0)
     _fake_run(tmp_path / "runs" / "b", 20.0)
     (tmp_path / "runs" / "latest").symlink_to("b")
-    out = subprocess.run([sys.executable, "-m", "imgcls_cli", "report", str(tmp_path / "runs"), "--format", "csv"],
+    out = subprocess.run([sys.executable, "-m", "imgcls_cli", "report", str(tmp_path / "runs"), "--format", "csv",
+                          "--per-run"],
                          capture_output=True, text=True, check=True).stdout
     assert [r.split(",")[0] for r in out.strip().splitlines()[1:]] == ["a", "b"]
 
