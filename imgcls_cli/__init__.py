@@ -69,4 +69,29 @@ def cam(model: Any, images: Any, method: str = "gradcam", target: Any = None, la
     return _cam(model, images, method=method, target=target, layer=layer)
 
 
-__all__ = ["__version__", "build_loss", "build_model", "cam", "components", "load_checkpoint", "train"]
+def sweep(config: Any = None, grid: Any = None, seeds: Any = None, out: Any = None, jobs: int | None = None,
+          launcher: Any = None, dry_run: bool = False, **overrides: Any):
+    """Train a grid × seeds: sweep("base.yaml", grid={"model.attn": ["none", "se"]}, seeds=[0, 1]).
+
+    `config`: a YAML path (its `sweep:` section is read too) or a dict of sections; `launcher`: "local",
+    "slurm" or a dict of launcher options; the other keywords are dotted config (or `launcher.*`) overrides.
+    Returns a SweepResult (`.plan.runs`, `.results`, `.failed`); with dry_run=True nothing is started.
+    """
+    from .sweeps import SweepResult, plan_sweep, run_sweep
+
+    plan = plan_sweep(config, grid, None if seeds is None else list(seeds), out, jobs, launcher, overrides)
+    return SweepResult(plan) if dry_run else run_sweep(plan)
+
+
+def report_runs(runs: Any, group_by: Any = None, baseline: Any = None, per_run: bool = False):
+    """Read run directories (or folders of them) into a Report: `.groups` (mean, std, n; with a baseline each
+    group's difference and 95 % CI), `.text("md"|"csv"|"json")`, `.plot(path)`; group_by/baseline as on the CLI.
+
+    (Not `ic.report`: importing the `imgcls_cli.report` module would replace such an attribute.)"""
+    from .report_groups import make_report
+
+    return make_report(runs, group_by, baseline, per_run)
+
+
+__all__ = ["__version__", "build_loss", "build_model", "cam", "components", "load_checkpoint", "report_runs", "sweep",
+           "train"]

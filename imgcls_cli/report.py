@@ -14,7 +14,6 @@ from __future__ import annotations
 import csv
 import io
 import json
-import statistics
 from pathlib import Path
 from typing import Any
 
@@ -24,7 +23,7 @@ from .errors import ImgclsError
 
 METRICS = ("top1", "top5", "many", "medium", "few")
 COLUMNS = ["run", "data", "backbone", "attention", "head", "loss", "augmentation", "method", "img", "epochs",
-           "seeds", "split", "top1", "top5", "many", "medium", "few"]
+           "split", "top1", "top5", "many", "medium", "few"]
 
 
 def _aug(cfg: dict[str, Any]) -> str:
@@ -78,23 +77,9 @@ def read_run(run_dir: str | Path) -> dict[str, Any]:
         "augmentation": _aug(cfg), "method": method, "img": cfg["data"].get("img_size"),
         "epochs": f"{len(rows)}/{t['epochs']}" if len(rows) != t["epochs"] else str(t["epochs"]),
         **_reported(d, rows),
-        "seed": t.get("seed"), "_key": _seed_free(cfg), "_variant": None,
+        "config": cfg,  # the resolved config: `report_stats` groups runs by it
     }
     return out
-
-
-# fields that say where a run went or how it was watched, not what was trained: ignored when grouping by seed
-# (train.init_from names the stage-1 run, which differs by seed too)
-NOT_THE_RECIPE = {"train": ("seed", "out", "name", "resume", "init_from", "progress", "tensorboard"),
-                  "data": ("workers",)}
-
-
-def _seed_free(cfg: dict[str, Any]) -> str:
-    c = {k: dict(v) if isinstance(v, dict) else v for k, v in cfg.items()}
-    for section, keys in NOT_THE_RECIPE.items():
-        for k in keys:
-            c.get(section, {}).pop(k, None)
-    return json.dumps(c, sort_keys=True, default=str)
 
 
 def read_rows(run_dir: str | Path) -> list[dict[str, Any]]:
@@ -103,106 +88,85 @@ def read_rows(run_dir: str | Path) -> list[dict[str, Any]]:
     base = read_run(d)
     rows = [base]
     for p in sorted(d.glob("variant_*.json")):
-        try:
-            e = json.loads(p.read_text())
-        except json.JSONDecodeError as err:
-            raise ImgclsError(f"report: {p} is not JSON ({err.msg}); remove it or rerun imgcls eval") from None
+        e = _read_json(p) or {}
         name = p.stem.removeprefix("variant_")
-        rows.append({**base, "run": f"{base['run']}+{name}", "_variant": name, "_base_method": base["method"],
-                     "_label": _variant_label(e, name), "method": f"{base['method']} + " + _variant_label(e, name)(
-                         _variant_detail(e)), "_detail": _variant_detail(e), "split": str(e.get("split", "?")),
-                     **{k: e.get(k) for k in METRICS}})
+        rows.append({**base, "run": f"{base['run']}+{name}", "method": f"{base['method']} + {_variant_label(e, name)}",
+                     "split": str(e.get("split", "?")), **{k: e.get(k) for k in METRICS},
+                     "config": {**base["config"], "variant": name}})  # a group of its own
     return rows
 
 
-def _variant_detail(e: dict[str, Any]) -> str:
-    return f"{e['tau']:g}" if e.get("tau") is not None else ""
-
-
-def _variant_label(e: dict[str, Any], name: str) -> Any:
-    """How the variant's classifier is written, given its per-run detail (the tau chosen)."""
+def _variant_label(e: dict[str, Any], name: str) -> str:
+    """How the variant's classifier is written: tau-norm with its tau, NCM with its features and distance."""
     if e.get("tau") is not None:
-        on = f" (tau on {e['tau_selected_on']})" if e.get("tau_selected_on") else ""
-        return lambda detail: f"tau-norm {detail}{on}"
+        return f"tau-norm {e['tau']:g}" + (f" (tau on {e['tau_selected_on']})" if e.get("tau_selected_on") else "")
     if e.get("classifier", "linear") != "linear":
-        how = f" ({e['ncm_features']}, {e['ncm_distance']})" if "ncm_features" in e else ""
-        return lambda detail: e["classifier"] + how
-    return lambda detail: name
-
-
-def group_seeds(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    """One row per recipe: finished runs whose configs differ only in the seed (and where they went,
-    NOT_THE_RECIPE), reported on the same split, are merged, each metric as (mean, sample std, n); a recipe
-    run once stays a plain row."""
-    groups: dict[tuple[Any, ...], list[dict[str, Any]]] = {}
-    for r in rows:
-        # an unfinished run, or one reported on another split, is not averaged with the others
-        groups.setdefault((r["_key"], r["_variant"], r["epochs"], r["split"]), []).append(r)
-    out = []
-    for members in groups.values():
-        if len(members) == 1:
-            out.append({**members[0], "seeds": str(members[0]["seed"])})
-            continue
-        first = members[0]
-        row = dict(first)
-        row["run"] = f"{first['run']} .. {members[-1]['run']}"
-        row["seeds"] = " ".join(str(m["seed"]) for m in members)
-        if first["_variant"] is not None:
-            row["method"] = f"{first['_base_method']} + " + first["_label"]("/".join(m["_detail"] for m in members))
-        for k in METRICS:
-            vals = [m[k] for m in members]
-            row[k] = None if any(v is None for v in vals) else (statistics.mean(vals), statistics.stdev(vals),
-                                                                  len(vals))
-        out.append(row)
-    return out
+        return e["classifier"] + (f" ({e['ncm_features']}, {e['ncm_distance']})" if "ncm_features" in e else "")
+    return name
 
 
 def _reported(d: Path, rows: list[dict[str, Any]]) -> dict[str, Any]:
-    """The row's numbers and the split they are on: final_eval.json, else eval.json, else the best epoch."""
-    for name in ("final_eval.json", "eval.json"):
-        p = d / name
-        if p.is_file():
-            try:
-                e = json.loads(p.read_text())
-            except json.JSONDecodeError as err:
-                raise ImgclsError(f"report: {p} is not JSON ({err.msg}); remove it or rerun imgcls eval") from None
-            sel = e.get("selected_on")
-            split = str(e.get("split", "?")) + (f" ({e.get('checkpoint', 'best.pt')} on {sel})" if sel else "")
-            return {"split": split, **{k: e.get(k) for k in METRICS}}
+    """The row's numbers and the split they are on: final_eval.json; else the best epoch of metrics.jsonl (the
+    selection split), with what an eval.json beside it holds (its top-1 and split where it has them)."""
+    final = _read_json(d / "final_eval.json")
+    if final is not None:
+        sel = final.get("selected_on")
+        split = str(final.get("split", "?")) + (f" ({final.get('checkpoint', 'best.pt')} on {sel})" if sel else "")
+        return {"split": split, **{k: final.get(k) for k in METRICS}}
     evaluated = [r for r in rows if "val_top1" in r]
     best = max(evaluated, key=lambda r: r["val_top1"]) if evaluated else None
-    split = f"{best.get('val_split', 'val')} (selection split: best epoch)" if best else "-"
-    return {"split": split, "top1": best["val_top1"] if best else None, "top5": best["val_top5"] if best else None,
-            "many": None, "medium": None, "few": None}
+    out = {"split": f"{best.get('val_split', 'val')} (selection split: best epoch)" if best else "-",
+           "top1": best["val_top1"] if best else None, "top5": best["val_top5"] if best else None,
+           "many": None, "medium": None, "few": None}
+    ev = _read_json(d / "eval.json")
+    if ev is not None:
+        out.update({k: ev[k] for k in METRICS if ev.get(k) is not None})
+        if ev.get("top1") is not None:
+            out["split"] = str(ev.get("split", "?")) + " (eval.json)"
+    return out
+
+
+def _read_json(p: Path) -> dict[str, Any] | None:
+    if not p.is_file():
+        return None
+    try:
+        return json.loads(p.read_text())
+    except json.JSONDecodeError as err:
+        raise ImgclsError(f"report: {p} is not JSON ({err.msg}); remove it or rerun imgcls eval") from None
+
+
+def find_runs(paths: list[Path]) -> list[Path]:
+    """Run directories among `paths`: a folder of runs is expanded; runs/latest (a link to one listed anyway) is not."""
+    dirs: list[Path] = []
+    seen: set[Path] = set()
+    for r in map(Path, paths):
+        found = [r] if (r / "metrics.jsonl").exists() else sorted(p.parent for p in r.glob("*/metrics.jsonl"))
+        for d in found:
+            if d.resolve() not in seen:
+                seen.add(d.resolve())
+                dirs.append(d)
+    if not dirs:
+        raise ImgclsError(f"report: no run directories found in {', '.join(map(str, paths))}")
+    return dirs
 
 
 def _fmt(v: Any) -> str:
     if v is None:
         return "-"
-    if isinstance(v, tuple):  # grouped over seeds
-        return f"{v[0]:.2f} ± {v[1]:.2f}"
     return f"{v:.2f}" if isinstance(v, float) else str(v)
 
 
 def table(runs: list[dict[str, Any]], fmt: str = "md") -> str:
-    """Markdown or CSV; grouped metrics are "mean ± std" in markdown, a value and a `<metric>_std` column in CSV."""
-    cols = [c for c in COLUMNS if (c not in ("many", "medium", "few") or any(r[c] is not None for r in runs))
-            and (c != "seeds" or any("seeds" in r for r in runs))]
+    """One row per run (and per variant evaluation): markdown, CSV or JSON."""
+    cols = [c for c in COLUMNS if c not in ("many", "medium", "few") or any(r[c] is not None for r in runs)]
+    if fmt == "json":
+        return json.dumps([{c: r[c] for c in cols} for r in runs], indent=2) + "\n"
     if fmt == "csv":
-        grouped = {k for k in METRICS if any(isinstance(r.get(k), tuple) for r in runs)}
-        header = [h for c in cols for h in ([c, f"{c}_std"] if c in grouped else [c])]
         buf = io.StringIO()
         w = csv.writer(buf)
-        w.writerow(header)
+        w.writerow(cols)
         for r in runs:
-            cells = []
-            for c in cols:
-                v = r.get(c)
-                if c in grouped:
-                    cells += ["", ""] if v is None else ([v[0], v[1]] if isinstance(v, tuple) else [v, ""])
-                else:
-                    cells.append("" if v is None else v)
-            w.writerow(cells)
+            w.writerow(["" if r[c] is None else r[c] for c in cols])
         return buf.getvalue()
     lines = ["| " + " | ".join(cols) + " |", "|" + "|".join("---" for _ in cols) + "|"]
     lines += ["| " + " | ".join(_fmt(r[c]) for c in cols) + " |" for r in runs]

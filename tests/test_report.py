@@ -7,8 +7,6 @@ import subprocess
 import sys
 from pathlib import Path
 
-import pytest
-
 import imgcls_cli as ic
 
 from .conftest import quick_overrides
@@ -73,7 +71,8 @@ def test_report_lists_runs_latest_once(tmp_path):
     _fake_run(tmp_path / "runs" / "a", 10.0)
     _fake_run(tmp_path / "runs" / "b", 20.0)
     (tmp_path / "runs" / "latest").symlink_to("b")
-    out = subprocess.run([sys.executable, "-m", "imgcls_cli", "report", str(tmp_path / "runs"), "--format", "csv"],
+    out = subprocess.run([sys.executable, "-m", "imgcls_cli", "report", str(tmp_path / "runs"), "--format", "csv",
+                          "--per-run"],
                          capture_output=True, text=True, check=True).stdout
     assert [r.split(",")[0] for r in out.strip().splitlines()[1:]] == ["a", "b"]
 
@@ -127,17 +126,14 @@ def _seeded_run(d: Path, seed: int, top1: float, lr: float = 0.1) -> Path:
     return run
 
 
-def test_report_group_seeds_is_mean_and_std_over_runs_that_differ_only_in_the_seed(tmp_path):
+def test_grouped_report_keeps_variant_evaluations_apart_from_their_runs(tmp_path):
+    """Seeds of one recipe are one group; each run's tau-norm evaluation is a group of its own, not pooled in."""
     for seed, top1 in ((0, 40.0), (1, 42.0), (2, 47.0)):
-        _seeded_run(tmp_path / "runs" / f"ce-s{seed}", seed, top1)
+        run = _seeded_run(tmp_path / "runs" / f"ce-s{seed}", seed, top1)
+        (run / "variant_tau-norm.json").write_text(json.dumps({"top1": top1 + 10, "tau": 1.0, "split": "test"}))
     _seeded_run(tmp_path / "runs" / "other-lr", 0, 10.0, lr=0.05)  # another recipe: never averaged in
-    cmd = [sys.executable, "-m", "imgcls_cli", "report", str(tmp_path / "runs"), "--group-seeds"]
-    csv_out = subprocess.run([*cmd, "--format", "csv"], capture_output=True, text=True, check=True).stdout
-    header, *rows = [line.split(",") for line in csv_out.strip().splitlines()]
-    got = {r[header.index("seeds")]: r for r in rows}
-    assert set(got) == {"0 1 2", "0"} and got["0"][header.index("top1")] == "10.0"
-    ce = got["0 1 2"]
-    assert float(ce[header.index("top1")]) == 43.0 and float(ce[header.index("top1_std")]) == pytest.approx(
-        3.605551, abs=1e-5)  # the sample std (n - 1) of 40, 42, 47
-    md = subprocess.run(cmd, capture_output=True, text=True, check=True).stdout
-    assert "| 43.00 ± 3.61 |" in md
+    out = subprocess.run([sys.executable, "-m", "imgcls_cli", "report", str(tmp_path / "runs"), "--format", "json"],
+                         capture_output=True, text=True, check=True).stdout
+    groups = json.loads(out)
+    assert sorted((g["n"], round(g["top1_mean"], 2)) for g in groups) == [(1, 10.0), (3, 43.0), (3, 53.0)], groups
+    assert {g.get("variant") for g in groups if g["n"] == 3} == {None, "tau-norm"}

@@ -1,4 +1,4 @@
-"""`imgcls report RUN_DIR...`: a results table read from run directories."""
+"""`imgcls report RUN_DIR...`: a results table read from run directories, grouped over seeds."""
 
 from __future__ import annotations
 
@@ -6,41 +6,53 @@ from pathlib import Path
 
 import typer
 
-from .common import handle_errors
+from .common import console, handle_errors
 from .common import out as stdout
 
 
 def report_command(
-    runs: list[Path] = typer.Argument(..., help="Run directories (each with config.yaml and metrics.jsonl)."),
-    fmt: str = typer.Option("md", "--format", help="md|csv."),
+    runs: list[Path] = typer.Argument(..., help="Run directories (each with config.yaml and metrics.jsonl),"
+                                                " or folders of them (a sweep's --out)."),
+    fmt: str = typer.Option("md", "--format", help="md|csv|json|rich."),
     output: Path = typer.Option(None, "--out", help="Write the table to this file too."),
-    group: bool = typer.Option(False, "--group-seeds", help="One row per recipe: runs whose config.yaml differ only"
-                               " in train.seed (and out/name/resume/init_from/workers) as mean ± std."),
+    group_by: str = typer.Option(None, "--group-by", help="Group by these config keys only, e.g."
+                                 " model.attn,loss.name. [default: runs that differ only in the seed]"),
+    baseline: str = typer.Option(None, "--baseline", help="The group to compare with, e.g. attn=none,loss=ce:"
+                                 " each group's difference in top-1 with a 95% CI (paired by seed, else Welch)."),
+    plot: Path = typer.Option(None, "--plot", help="Draw the groups with ± std error bars into this PNG."),
+    per_run: bool = typer.Option(False, "--per-run", help="One row per run, even where runs share a recipe."),
 ) -> None:
-    """Results table (backbone, attention, loss, augmentation, method, data, epochs, top-1/5, shots)."""
+    """Results table: one row per recipe (mean ± std over seeds, n), or per run where every recipe ran once."""
     from ..errors import ImgclsError
-    from ..report import group_seeds, read_rows, table
+    from ..report_groups import FORMATS, make_report
+    from .train_cmd import OPTION_PATHS
 
-    if fmt not in ("md", "csv"):
-        raise ImgclsError(f"--format {fmt!r}: valid formats are md, csv")
-    dirs: list[Path] = []
-    seen: set[Path] = set()
-    for r in runs:  # a folder of runs is expanded; runs/latest (a link to a run listed anyway) is left out
-        found = [r] if (r / "metrics.jsonl").exists() else sorted(p.parent for p in r.glob("*/metrics.jsonl"))
-        for d in found:
-            if d.resolve() not in seen:
-                seen.add(d.resolve())
-                dirs.append(d)
-    if not dirs:
-        raise ImgclsError(f"report: no run directories found in {', '.join(map(str, runs))}")
-    rows = [row for d in dirs for row in read_rows(d)]
-    text = table(group_seeds(rows) if group else rows, fmt)
-    stdout.print(text, end="", markup=False, highlight=False, soft_wrap=True)
+    if fmt not in FORMATS:
+        raise ImgclsError(f"--format {fmt!r}: valid formats are {', '.join(FORMATS)}")
+    if plot is not None and per_run:
+        raise ImgclsError("--plot draws the groups; leave out --per-run")
+    rep = make_report(runs, group_by, baseline, per_run, aliases=OPTION_PATHS)  # --baseline attn=none: CLI names
+    for g in rep.groups if rep.grouped else []:
+        if g.pooled:
+            console.print(f"note: group {g.name()} pools runs that differ in {', '.join(g.pooled)}",
+                          highlight=False, soft_wrap=True)
+    if fmt == "rich":
+        stdout.print(rep.rich())
+        text = rep.text("md")
+    else:
+        text = rep.text(fmt)
+        stdout.print(text, end="", markup=False, highlight=False, soft_wrap=True)
     if output is not None:
         try:
             output.write_text(text)
         except OSError as e:
             raise ImgclsError(f"--out {output}: cannot write the table ({e.strerror})") from None
+    if plot is not None:
+        try:
+            rep.plot(plot)
+        except OSError as e:
+            raise ImgclsError(f"--plot {plot}: cannot write the figure ({e.strerror})") from None
+        console.print(f"plot: {plot}", highlight=False)
 
 
 def register(app: typer.Typer) -> None:
