@@ -48,9 +48,11 @@ lt_baseline() {  # the idiomatic torchvision loop on the same data and recipe: t
 }
 longtail() {
   for s in 0 1 2; do lt_ce $s; done
-  lt_mixup 0
+  for s in 0 1; do lt_mixup $s; done
   for s in 0 1; do lt_bbn $s; done
-  lt_baseline 0
+  for s in 0 1; do lt_baseline $s; done
+  $IM report $LTR --group-by method,aug.mixup,variant --baseline method=standard,mixup=0,variant=none \
+    --out $LTR/table.md
 }
 
 case "${1:-all}" in
@@ -63,4 +65,4 @@ case "${1:-all}" in
   finegrained) finegrained ;;
   all) general; finegrained; longtail ;;
 esac
-$IM report $R --out $R/table.md
+$IM report $R --per-run --out $R/table.md
