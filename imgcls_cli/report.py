@@ -158,7 +158,8 @@ def _fmt(v: Any) -> str:
 
 def table(runs: list[dict[str, Any]], fmt: str = "md") -> str:
     """One row per run (and per variant evaluation): markdown, CSV or JSON."""
-    cols = [c for c in COLUMNS if c not in ("many", "medium", "few") or any(r[c] is not None for r in runs)]
+    shots = any(r[c] is not None for r in runs for c in ("medium", "few"))  # else every class is many-shot
+    cols = [c for c in COLUMNS if c not in ("many", "medium", "few") or (shots and any(r[c] is not None for r in runs))]
     if fmt == "json":
         return json.dumps([{c: r[c] for c in cols} for r in runs], indent=2) + "\n"
     if fmt == "csv":

@@ -20,7 +20,10 @@ DIFF_METRIC = "top1"
 
 
 def _metrics(groups: list[Group]) -> list[str]:
-    return [m for m in METRICS if any(g.stats[m].n for g in groups)]
+    """The metrics any run has; many/medium/few only where some run has a medium or few class (on balanced
+    data every class is many-shot and the column would repeat top-1)."""
+    shots = any(g.stats[m].n for g in groups for m in ("medium", "few"))
+    return [m for m in METRICS if any(g.stats[m].n for g in groups) and (shots or m not in ("many", "medium", "few"))]
 
 
 def _ms(s: Stat) -> str:
