@@ -367,8 +367,8 @@ def config_from_dict(d: dict[str, Any], source: str = "config") -> Config:
         raise ImgclsError(format_validation_error(e, source)) from None
 
 
-def load_config(path: str | Path, overrides: dict[str, Any] | None = None) -> Config:
-    """Load a YAML config file; `overrides` maps dotted paths to values (the CLI options)."""
+def read_config_file(path: str | Path, sections: str = "data, model, ...") -> dict[str, Any]:
+    """A YAML config file's top-level mapping, with one-line errors naming `--config` and the file."""
     p = Path(path)
     if not p.is_file():
         raise ImgclsError(f"--config: file not found: {p}")
@@ -377,7 +377,14 @@ def load_config(path: str | Path, overrides: dict[str, Any] | None = None) -> Co
     except yaml.YAMLError as e:
         raise ImgclsError(f"--config {p}: not valid YAML ({str(e).splitlines()[0]})") from None
     if not isinstance(d, dict):
-        raise ImgclsError(f"--config {p}: expected a mapping of sections (data, model, ...)")
+        raise ImgclsError(f"--config {p}: expected a mapping of sections ({sections})")
+    return d
+
+
+def load_config(path: str | Path, overrides: dict[str, Any] | None = None) -> Config:
+    """Load a YAML config file; `overrides` maps dotted paths to values (the CLI options)."""
+    p = Path(path)
+    d = read_config_file(p)
     try:
         d = _with_overrides(d, overrides)
     except ImgclsError as e:

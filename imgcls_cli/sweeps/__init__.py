@@ -7,6 +7,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from ..config import read_config_file
 from ..errors import ImgclsError
 from .launch import LocalLauncher, Task, TaskResult, cpu_threads, run_slurm
 from .plan import Plan, SweepSpec, build_plan, cell_label, make_spec, write_plan_files
@@ -28,17 +29,9 @@ class SweepResult:
 
 def load_sweep_file(path: str | Path) -> tuple[dict[str, Any], dict[str, Any]]:
     """A YAML file's config sections and its `sweep:` section (empty where it has none)."""
-    import yaml
 
     p = Path(path)
-    if not p.is_file():
-        raise ImgclsError(f"--config: file not found: {p}")
-    try:
-        d = yaml.safe_load(p.read_text()) or {}
-    except yaml.YAMLError as e:
-        raise ImgclsError(f"--config {p}: not valid YAML ({str(e).splitlines()[0]})") from None
-    if not isinstance(d, dict):
-        raise ImgclsError(f"--config {p}: expected a mapping of sections (data, model, ..., sweep)")
+    d = read_config_file(p, "data, model, ..., sweep")
     sweep = d.pop("sweep", None) or {}
     if not isinstance(sweep, dict):
         raise ImgclsError(f"--config {p}: the sweep section must be a mapping (grid, seeds, out, jobs, launcher)")
