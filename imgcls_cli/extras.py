@@ -14,7 +14,10 @@ from .errors import ImgclsError
 
 
 def require(extra: str, modules: Sequence[str], what: str) -> None:
-    """Import `modules` or raise one line: "`what` needs X, Y (not installed): pip install 'imgcls[extra]'"."""
+    """Import `modules` or raise one line: "`what`: needs X, Y (not installed); pip install 'imgcls[extra]'".
+
+    `what` names the option ("--format onnx"); the text after its first ": " is the reason, the form the config
+    errors use ("--backbone timm/x (model.backbone): needs ...")."""
     missing = []
     for name in modules:
         try:
@@ -22,7 +25,7 @@ def require(extra: str, modules: Sequence[str], what: str) -> None:
         except ImportError:
             missing.append(name)
     if missing:
-        raise ImgclsError(f"{what} needs {', '.join(missing)} (not installed): pip install 'imgcls[{extra}]'")
+        raise ImgclsError(f"{what}: needs {', '.join(missing)} (not installed); pip install 'imgcls[{extra}]'")
 
 
 __all__ = ["require"]

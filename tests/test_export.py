@@ -249,7 +249,7 @@ def test_missing_onnx_extra_is_one_line(fmt: str, tmp_path: Path, monkeypatch: p
     r = CliRunner().invoke(app, ["export", str(ckpt), "--format", fmt])
     assert r.exit_code == 2 and "Traceback" not in r.output, r.output
     line = " ".join(r.output.split())
-    assert f"--format {fmt} needs onnxscript (not installed): pip install 'imgcls[onnx]'" in line, r.output
+    assert f"--format {fmt}: needs onnxscript (not installed); pip install 'imgcls[onnx]'" in line, r.output
     assert not (tmp_path / "c.onnx").exists()
     with pytest.raises(ImgclsError, match=r"pip install 'imgcls\[onnx\]'"):
         export_model(build_model("resnet20", 3), fmt, tmp_path / "m.onnx", img_size=16, class_names=NAMES,
