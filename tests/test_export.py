@@ -231,7 +231,8 @@ def test_cli_pt2_export_loads_with_torch_export_alone(tmp_path: Path) -> None:
     program = torch.export.load(str(tmp_path / "p.pt2"), extra_files=files)
     assert isinstance(program, torch.export.ExportedProgram)
     meta = json.loads(files["imgcls.json"])
-    assert json.loads(meta["class_names"]) == NAMES and meta["attn"] == "cbam" and read_metadata(tmp_path / "p.pt2") == meta
+    assert json.loads(meta["class_names"]) == NAMES and meta["attn"] == "cbam"
+    assert read_metadata(tmp_path / "p.pt2") == meta
     x = torch.randn(5, 3, 32, 32, generator=torch.Generator().manual_seed(4))  # (5, 3, 32, 32): not an export size
     with torch.no_grad():
         torch.testing.assert_close(program.module()(x), load_checkpoint(ckpt).model(x), rtol=1e-4, atol=1e-5)

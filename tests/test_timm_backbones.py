@@ -85,7 +85,8 @@ def test_missing_timm_extra_is_one_line(monkeypatch: pytest.MonkeyPatch) -> None
     monkeypatch.setitem(sys.modules, "timm", None)  # `import timm` now raises ImportError
     r = CliRunner().invoke(app, ["train", "--backbone", "timm/resnet50", *QUICK])
     assert r.exit_code == 2 and "Traceback" not in r.output, r.output
-    assert "--backbone timm/resnet50 (model.backbone): needs timm (not installed); pip install 'imgcls[timm]'" in " ".join(r.output.split())
+    line = " ".join(r.output.split())
+    assert "--backbone timm/resnet50 (model.backbone): needs timm (not installed); pip install 'imgcls[timm]'" in line
     with pytest.raises(ImgclsError, match=r"pip install 'imgcls\[timm\]'"):
         ic.build_model("timm/resnet50", 3)
 

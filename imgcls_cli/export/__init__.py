@@ -133,7 +133,8 @@ def verify(runner: Callable[[np.ndarray], np.ndarray], reference: Callable[[torc
             got = np.asarray(runner(x.numpy()))
         except Exception as e:  # a runtime refusing the input (e.g. a batch axis frozen to the example's size)
             first = (str(e).strip().splitlines() or [type(e).__name__])[0][:200]
-            raise ImgclsError(f"--format {fmt}: exported model fails at batch {b} ({type(e).__name__}: {first})") from None
+            raise ImgclsError(f"--format {fmt}: exported model fails at batch {b}"
+                              f" ({type(e).__name__}: {first})") from None
         if got.shape != ref.shape:
             raise ImgclsError(f"--format {fmt}: exported model gives shape {got.shape} at batch {b}, eager {ref.shape}")
         errs[b] = float(np.abs(got - ref).max())
@@ -204,7 +205,8 @@ def read_metadata(path: str | Path) -> dict[str, str]:
     for name in FORMATS:
         if FORMATS.get(name).suffix == p.suffix:
             return get_exporter(name).read_metadata(p)
-    raise ImgclsError(f"{p}: unknown export suffix; valid: {', '.join(dict.fromkeys(FORMATS.get(n).suffix for n in FORMATS))}")
+    suffixes = dict.fromkeys(FORMATS.get(n).suffix for n in FORMATS)
+    raise ImgclsError(f"{p}: unknown export suffix; valid: {', '.join(suffixes)}")
 
 
 __all__ = ["FORMATS", "ExportReport", "Exporter", "check_exportable", "export_checkpoint", "export_model",

@@ -7,10 +7,11 @@ which it keeps opset 18 with only a log line, so lower `--opset` values are refu
 this project's test models it takes 3-8 s per export on one CPU core, about 5x the TorchScript-based
 exporter.  `onnx-legacy` (`dynamo=False`) is the TorchScript-based exporter torch has deprecated
 (torch's DeprecationWarning is shown); it remains for models the dynamo path cannot capture and for
-opsets below 18.  The batch axis is dynamic; the spatial size is the training resolution.  ONNX has no general AdaptiveAvgPool, and the
-exporter refuses one whose output does not divide its input (VGG's 7x7 pool at 32-px input), so
-such pools are replaced, for the export only, by the exact same linear map written as two
-matrix products (`FixedAdaptiveAvgPool`).
+opsets below 18.  The batch axis is dynamic; the spatial size is the training resolution.
+
+ONNX has no general AdaptiveAvgPool, and the exporter refuses one whose output does not divide
+its input (VGG's 7x7 pool at 32-px input), so such pools are replaced, for the export only, by the
+exact same linear map written as two matrix products (`FixedAdaptiveAvgPool`).
 """
 
 from __future__ import annotations
