@@ -170,6 +170,9 @@ class OptimConfig(Frozen):
     min_lr: float = Field(0.0, ge=0.0)
     accum_steps: int = Field(1, ge=1)
     ema: float | None = Field(None, gt=0.0, lt=1.0, description="EMA decay of the weights; None = off")
+    ema_warmup_power: float | None = Field(
+        0.75, gt=0.0, le=1.0, description="EMA decay warm-up d_t = min(ema, 1 - (1 + t)^-power) (timm ModelEmaV3);"
+        " 3/4 for runs under ~1M steps, 2/3 above; None = constant decay from the first step")
     grad_clip: float | None = Field(None, gt=0.0)
     fused: bool | None = Field(None, description="fused optimizer kernels, else foreach; default: fused on CUDA, CPU")
 

@@ -120,7 +120,7 @@ class Trainer:
         self.scheduler = build_scheduler(self.optimizer, oc, self.steps_per_epoch, cfg.train.epochs)
         fp16 = self.device.type == "cuda" and cfg.train.amp and cfg.train.amp_dtype == "fp16"
         self.scaler = torch.amp.GradScaler(self.device.type, enabled=fp16)
-        self.ema = ModelEma(model, oc.ema) if oc.ema else None
+        self.ema = ModelEma(model, oc.ema, oc.ema_warmup_power) if oc.ema else None
         self.guard = (StepGuard(model, self.task.loss_modules(), self.optimizer, self.device, self.scaler.is_enabled())
                       if cfg.train.finite_check == "step" else None)
         self.skipped_steps = 0
@@ -390,7 +390,7 @@ class Trainer:
             guard.end()  # restores what a skipped step's forward pass and after_step wrote
         self.global_step += 1
         if self.ema is not None:
-            self.ema.update(self.model)
+            self.ema.update(self.model, step=self.global_step)
         if cfg.train.log_steps and dist.is_main():  # costs a sync, as documented
             rec = {"step": self.global_step, "epoch": epoch + 1, "loss": float(loss.detach())}
             if guard is not None and bool(guard.bad):
