@@ -210,7 +210,12 @@ class TrainConfig(Frozen):
     bbn_schedule: Literal["parabolic", "official"] = "parabolic"
     wsdan_beta: float = Field(0.05, gt=0.0, le=1.0)
     progress: bool = True
-    tensorboard: bool = True
+    tensorboard: bool = Field(True, description="write TensorBoard events to RUN/tensorboard/ (needs the"
+                              " tensorboard package: imgcls[tensorboard]; without it the run says so once)")
+    tracker: Literal["none", "mlflow"] = Field(
+        "none", description="mlflow: log params, metrics and artifacts to MLFLOW_TRACKING_URI, else to"
+        " sqlite:///RUN/mlflow.db (imgcls[mlflow])")
+    curves: bool = Field(True, description="redraw RUN/training_curves.png (loss, top-1, LR per epoch) each epoch")
     finite_check: Literal["step", "log"] = Field(
         "step", description="step: skip each non-finite step on the device (no per-step host sync with fused"
         " optimizers; reported at the next progress update); log: no checks, stop at the next progress update if"

@@ -40,6 +40,7 @@ from .rundir import append_jsonl, make_run_dir, mark_latest
 from .setup import open_and_resolve, second_stream, setup_data
 from .state import build_checkpoint, check_resumable, restore_rng, resume_checkpoint, save_run_checkpoint
 from .step_guard import StepGuard
+from .tracking import Hooks, build_hooks
 
 
 class Interrupted(Exception):
@@ -131,6 +132,7 @@ class Trainer:
             self.mixer = Mixer(cfg.aug, bundle.num_classes)
         self.start_epoch, self.position, self.best, self.best_epoch = 0, 0, -1.0, -1
         self.global_step = 0
+        self.hooks = build_hooks(cfg, self.console) if dist.is_main() else Hooks([])  # refused before a run dir exists
         self.run_dir = make_run_dir(cfg, self.resume_from) if dist.is_main() else None
         self.bad_reported: set[str] = set()  # by reason text (it names the file): indices repeat across splits
         self.stop_signal: int | None = None
@@ -186,6 +188,7 @@ class Trainer:
         old = {s: signal.signal(s, self._on_signal) for s in (signal.SIGTERM, signal.SIGINT)}
         self.last_top1 = float("nan")
         epoch = self.start_epoch
+        self.hooks.on_fit_start(self)
         try:
             for epoch in range(self.start_epoch, cfg.train.epochs):
                 stats = self._train_epoch(epoch)
@@ -197,10 +200,15 @@ class Trainer:
                     self._save(epoch + 1, 0, is_best=False)
                     raise crash_error(e, self.run_dir) from None
         except Interrupted as e:
+            self.hooks.on_fit_end(self, "KILLED")
             raise SystemExit(e.exit_code) from None
+        except BaseException:
+            self.hooks.on_fit_end(self, "FAILED")
+            raise
         finally:
             for s, h in old.items():
                 signal.signal(s, h)
+        self.hooks.on_fit_end(self, "FINISHED")  # trackers log the run's files: keep this after the last one is written
         dist.cleanup()
         return TrainResult(self.run_dir, self.best, self.last_top1, self.best_epoch, epoch + 1, cfg)
 
@@ -224,6 +232,7 @@ class Trainer:
         self._save(epoch + 1, 0, is_best)
         if dist.is_main():
             append_jsonl(self.run_dir / "metrics.jsonl", record)
+            self.hooks.on_epoch_end(self, record)
             self.console.print(epoch_line(record, cfg.train.epochs))
 
     def evaluate(self):
@@ -347,8 +356,10 @@ class Trainer:
                                 f"training diverged: non-finite loss by epoch {epoch + 1} step {i + 1} (train."
                                 f"finite_check=log does not skip bad steps); the last good checkpoint is the"
                                 f" newest in {self.run_dir} (lower --lr, or finite_check=step)")
-                        progress.update(i + 1, loss=float(loss_sum) / max(1, s), acc=float(correct) / max(1, s) * 100,
-                                        lr=self.optimizer.param_groups[0]["lr"], ips=n_images / max(el, 1e-9))
+                        now = {"loss": float(loss_sum) / max(1, s), "acc": float(correct) / max(1, s) * 100,
+                               "lr": self.optimizer.param_groups[0]["lr"]}
+                        progress.update(i + 1, **now, ips=n_images / max(el, 1e-9))
+                        self.hooks.on_step(self, self.global_step, now)  # running means of the epoch so far
                     # under DDP, agreeing is a collective read back to the host: done at progress updates only
                     signum = agreed_signal(self.stop_signal, dev) if at_update or not dist.is_dist() else None
                     if signum is not None:
