@@ -87,7 +87,8 @@ def test_training_curves_png_redrawn_each_epoch(tiny_folder, tmp_path, monkeypat
 
     seen: list[int] = []
     real = curves.training_curves_png
-    monkeypatch.setattr(curves, "training_curves_png", lambda recs, *a, **k: (seen.append(len(recs)), real(recs, *a, **k)))
+    monkeypatch.setattr(curves, "training_curves_png",
+                        lambda recs, *a, **k: (seen.append(len(recs)), real(recs, *a, **k)))
     res = _train(tiny_folder, tmp_path)
     assert seen == [1, 2]  # once per epoch, with all records so far
     im = Image.open(res.run_dir / "training_curves.png")
