@@ -13,8 +13,10 @@ def _train(tiny_folder, tmp_path, **extra):
     from imgcls_cli.config import build_config
     from imgcls_cli.engine.trainer import train
 
+    # a selection split (carved from train/: tiny_folder has train/ + val/), so every epoch has val_* metrics to log
     ov = quick_overrides(**{"data.path": str(tiny_folder), "train.out": str(tmp_path / "run"), "train.epochs": 2,
-                            "train.batch_size": 8, "train.log_every": 1, "train.tensorboard": False, **extra})
+                            "train.batch_size": 8, "train.log_every": 1, "train.tensorboard": False,
+                            "data.select_split": "auto", **extra})
     return train(build_config(None, ov))
 
 
@@ -63,7 +65,9 @@ def test_mlflow_store_params_metrics_artifacts(tiny_folder, tmp_path, monkeypatc
     assert sorted((m.step, round(m.value, 4)) for m in hist) == [(r["epoch"], round(r["val_top1"], 4)) for r in recs]
     assert len(client.get_metric_history(run.info.run_id, "train_loss_step")) == recs[-1]["steps"]
     arts = {a.path for a in client.list_artifacts(run.info.run_id)}
-    assert {"config.yaml", "best.pt", "metrics.jsonl", "training_curves.png"} <= arts
+    assert {"config.yaml", "best.pt", "metrics.jsonl", "training_curves.png", "final_eval.json"} <= arts
+    final = json.loads((res.run_dir / "final_eval.json").read_text())  # the reported split, evaluated once
+    assert client.get_metric_history(run.info.run_id, "final_top1")[0].value == pytest.approx(final["top1"])
     local = client.download_artifacts(run.info.run_id, "config.yaml", str(tmp_path / "dl"))
     assert open(local).read() == (res.run_dir / "config.yaml").read_text()
 
