@@ -17,6 +17,8 @@ def training_curves_png(records: list[dict[str, Any]], path: Path, epochs: int |
     from matplotlib.figure import Figure
 
     ep = [r["epoch"] for r in records]
+    # val_* are measured on the selection split (metrics.jsonl's val_split: val or carve), never the reported one
+    split = next((r["val_split"] for r in reversed(records) if isinstance(r.get("val_split"), str)), None)
 
     def series(key: str) -> tuple[list[int], list[float]]:
         pts = [(r["epoch"], r[key]) for r in records if isinstance(r.get(key), (int, float))]
@@ -31,7 +33,8 @@ def training_curves_png(records: list[dict[str, Any]], path: Path, epochs: int |
         for key in keys:
             x, y = series(key)
             if x:
-                ax.plot(x, y, "o-" if len(x) < 30 else "-", ms=3, label=key)
+                label = f"{key} ({split})" if split and key.startswith("val_") else key
+                ax.plot(x, y, "o-" if len(x) < 30 else "-", ms=3, label=label)
         ax.set_title(title, fontsize=10)
         ax.set_xlabel("epoch")
         ax.grid(alpha=0.3)
