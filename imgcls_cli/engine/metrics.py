@@ -51,9 +51,11 @@ def reliability(sums: torch.Tensor) -> dict[str, Any]:
     count, conf, correct = sums.double().cpu()
     m = count.shape[0]
     nz = count.clamp_min(1)
-    return {"bins": m, "edges": [i / m for i in range(m + 1)], "count": [int(c) for c in count],
-            "confidence": [float(v) if c > 0 else None for v, c in zip(conf / nz, count, strict=True)],
-            "accuracy": [float(v) if c > 0 else None for v, c in zip(correct / nz, count, strict=True)]}
+    # as Python lists first: no tensor read per bin (a fixed number of reads, whatever the predictions)
+    n, mean_conf, acc = count.tolist(), (conf / nz).tolist(), (correct / nz).tolist()
+    return {"bins": m, "edges": [i / m for i in range(m + 1)], "count": [int(c) for c in n],
+            "confidence": [v if c > 0 else None for v, c in zip(mean_conf, n, strict=True)],
+            "accuracy": [v if c > 0 else None for v, c in zip(acc, n, strict=True)]}
 
 
 def macro_prf(confusion: torch.Tensor) -> dict[str, float]:
@@ -80,7 +82,7 @@ def confused_pairs(confusion: torch.Tensor, class_names: list[str], k: int = 20)
         return []
     vals, idx = flat.topk(k)
     n = c.shape[0]
-    rows = confusion.sum(1)
+    rows = confusion.sum(1).tolist()  # one conversion, not one tensor read per pair
     return [{"true": class_names[i // n], "pred": class_names[i % n], "count": int(v),
              "rate": float(v) / max(1, int(rows[i // n])) * 100}
             for v, i in zip(vals.tolist(), idx.tolist(), strict=True)]
