@@ -62,6 +62,16 @@ def train(config: Any = None, **overrides: Any):
     return _train(cfg)
 
 
+def predict(images: Any, checkpoint: Any = None, topk: int | None = None, tta: str | None = None, **kw: Any):
+    """Class probabilities of image files/folders with a checkpoint (default: the latest run's best.pt) through its
+    evaluation pipeline: a Predictions (.files, .probs (N, C), .class_names, .unreadable, .topk(k), .write(path))."""
+    from .api_checks import check_options
+    from .inference import predict as _predict
+
+    check_options(_predict, kw, "predict", skip=("images", "checkpoint", "topk", "tta"))
+    return _predict(images, checkpoint, topk=topk, tta=tta, **kw)
+
+
 def cam(model: Any, images: Any, method: str = "gradcam", target: Any = None, layer: str | None = None):
     """Activation maps (B, H, W) in [0, 1] for normalised images (B, 3, H, W)."""
     from .viz.cam import cam as _cam
@@ -93,5 +103,5 @@ def report_runs(runs: Any, group_by: Any = None, baseline: Any = None, per_run: 
     return make_report(runs, group_by, baseline, per_run)
 
 
-__all__ = ["__version__", "build_loss", "build_model", "cam", "components", "load_checkpoint", "report_runs", "sweep",
-           "train"]
+__all__ = ["__version__", "build_loss", "build_model", "cam", "components", "load_checkpoint", "predict", "report_runs",
+           "sweep", "train"]

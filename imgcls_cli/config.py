@@ -186,6 +186,9 @@ class OptimConfig(Frozen):
     min_lr: float = Field(0.0, ge=0.0)
     accum_steps: int = Field(1, ge=1)
     ema: float | None = Field(None, gt=0.0, lt=1.0, description="EMA decay of the weights; None = off")
+    ema_warmup_power: float | None = Field(
+        0.75, gt=0.0, le=1.0, description="EMA decay warm-up d_t = min(ema, 1 - (1 + t)^-power) (timm ModelEmaV3);"
+        " 3/4 for runs under ~1M steps, 2/3 above; None = constant decay from the first step")
     grad_clip: float | None = Field(None, gt=0.0)
     fused: bool | None = Field(None, description="fused optimizer kernels, else foreach; default: fused on CUDA, CPU")
 
@@ -223,7 +226,12 @@ class TrainConfig(Frozen):
     bbn_schedule: Literal["parabolic", "official"] = "parabolic"
     wsdan_beta: float = Field(0.05, gt=0.0, le=1.0)
     progress: bool = True
-    tensorboard: bool = True
+    tensorboard: bool = Field(True, description="write TensorBoard events to RUN/tensorboard/ (needs the"
+                              " tensorboard package: imgcls[tensorboard]; without it the run says so once)")
+    tracker: Literal["none", "mlflow"] = Field(
+        "none", description="mlflow: log params, metrics and artifacts to MLFLOW_TRACKING_URI, else to"
+        " sqlite:///RUN/mlflow.db (imgcls[mlflow])")
+    curves: bool = Field(True, description="redraw RUN/training_curves.png (loss, top-1, LR per epoch) each epoch")
     finite_check: Literal["step", "log"] = Field(
         "step", description="step: skip each non-finite step on the device (no per-step host sync with fused"
         " optimizers; reported at the next progress update); log: no checks, stop at the next progress update if"

@@ -23,6 +23,9 @@ class Registry(Generic[T]):
         self.also_valid = also_valid  # values the option accepts that are not components (e.g. `none`)
         self._items: dict[str, T] = {}
         self._meta: dict[str, dict[str, Any]] = {}
+        # prefix -> (resolve(rest) -> (obj, meta), pattern shown in listings): open families such as `timm/<name>`
+        self._namespaces: dict[str, tuple[Callable[[str], tuple[T, dict[str, Any]]], str]] = {}
+        self._resolved: dict[str, tuple[T, dict[str, Any]]] = {}
 
     def register(self, name: str, **meta: Any) -> Callable[[T], T]:
         """Decorator: `@BACKBONES.register("resnet50", family="resnet")`."""
@@ -39,17 +42,45 @@ class Registry(Generic[T]):
         self._items[name] = obj
         self._meta[name] = dict(meta)
 
+    def add_namespace(self, prefix: str, resolve: Callable[[str], tuple[T, dict[str, Any]]], pattern: str) -> None:
+        """Names `prefix + rest` resolved on first use by `resolve(rest)` -> (obj, meta), which raises ImgclsError
+        (one line: unknown name, missing extra) when `rest` is not valid.  Resolved names are not in `names()`:
+        the family is open (timm has ~1000 models), so listings show `pattern` instead."""
+        if prefix in self._namespaces:
+            raise KeyError(f"{self.kind} namespace {prefix!r} is registered twice")
+        self._namespaces[prefix] = (resolve, pattern)
+
+    def _namespace_entry(self, name: str) -> tuple[T, dict[str, Any]] | None:
+        """(obj, meta) of a namespaced name; None when no namespace matches; raises its ImgclsError if invalid."""
+        if name in self._resolved:
+            return self._resolved[name]
+        for prefix, (resolve, _pattern) in self._namespaces.items():
+            if isinstance(name, str) and name.startswith(prefix):
+                entry = resolve(name[len(prefix):])
+                self._resolved[name] = entry
+                return entry
+        return None
+
     def get(self, name: str) -> T:
-        try:
+        if name in self._items:
             return self._items[name]
-        except KeyError:
-            raise ImgclsError(self.unknown_message(name)) from None
+        entry = self._namespace_entry(name)
+        if entry is None:
+            raise ImgclsError(self.unknown_message(name))
+        return entry[0]
 
     def meta(self, name: str) -> dict[str, Any]:
+        if name in self._items:
+            return self._meta[name]
         self.get(name)
-        return self._meta[name]
+        return self._resolved[name][1]
 
     def unknown_message(self, name: str) -> str:
+        try:
+            if self._namespace_entry(name) is not None:
+                return f"{self.option}: {name!r} is valid"  # not unknown; callers ask only after a failed lookup
+        except ImgclsError as e:  # the namespace's own reason (unknown timm model, timm not installed)
+            return str(e)
         valid = self.valid_values()
         close = difflib.get_close_matches(str(name), valid, n=3, cutoff=0.5)
         hint = f" (did you mean {', '.join(close)}?)" if close else ""
@@ -60,10 +91,15 @@ class Registry(Generic[T]):
 
     def valid_values(self) -> list[str]:
         """What the option accepts: `also_valid` (e.g. `none`), then the registered names."""
-        return [*self.also_valid, *self._items]
+        return [*self.also_valid, *self._items, *(pattern for _r, pattern in self._namespaces.values())]
 
     def __contains__(self, name: object) -> bool:
-        return name in self._items
+        if name in self._items:
+            return True
+        try:
+            return isinstance(name, str) and self._namespace_entry(name) is not None
+        except ImgclsError:
+            return False
 
     def __iter__(self) -> Iterator[str]:
         return iter(self._items)

@@ -30,7 +30,8 @@ def main(version: bool = typer.Option(False, "--version", callback=_version, is_
 
 
 # One module per subcommand; each has `register(app)`.  A new subcommand is one line here.
-COMMAND_MODULES = ["train_cmd", "eval_cmd", "cam_cmd", "export_cmd", "stats_cmd", "report_cmd", "pack_cmd", "sweep_cmd"]
+COMMAND_MODULES = ["train_cmd", "eval_cmd", "cam_cmd", "export_cmd", "stats_cmd", "report_cmd", "pack_cmd", "sweep_cmd",
+                   "predict_cmd"]
 
 
 def _register() -> None:

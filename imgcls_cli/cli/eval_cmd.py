@@ -1,4 +1,5 @@
-"""`imgcls eval CKPT`: top-1/top-5, per-class accuracy, confusion matrix (CSV + PNG), JSON."""
+"""`imgcls eval CKPT`: top-1/top-5, per-class accuracy, macro P/R/F1, ECE, confusion matrix (CSV + PNG), the
+reliability diagram, the most-confused pairs, a gallery of the most confident mistakes, JSON."""
 
 from __future__ import annotations
 
@@ -44,9 +45,10 @@ def eval_command(
     s.update(extra)
     names = res.ckpt.class_names
     table = Table(title=f"{checkpoint} on {s['data']} [{s['split']}] ({s['n']} images)")
-    for col in ("top-1", "top-5", "mean class acc"):
+    for col in ("top-1", "top-5", "mean class acc", "macro F1", "ECE"):
         table.add_column(col, justify="right")
-    row = [f"{s['top1']:.2f}%", f"{s['top5']:.2f}%", f"{s['mean_class_acc']:.2f}%"]
+    row = [f"{s['top1']:.2f}%", f"{s['top5']:.2f}%", f"{s['mean_class_acc']:.2f}%", f"{s['macro_f1']:.2f}%",
+           f"{s['ece']:.2f}%"]
     if res.ckpt.class_counts is not None:
         for k in ("many", "medium", "few"):
             table.add_column(k, justify="right")
@@ -71,13 +73,32 @@ def eval_command(
         per_class_vs_frequency_png(res.result.per_class, res.ckpt.class_counts, names,
                                    folder / "per_class_vs_frequency.png")
     s["confusion_csv"] = str(folder / "confusion.csv")
+    _write_diagnostics(res, folder)
     if json_path is not None:
         json_path.parent.mkdir(parents=True, exist_ok=True)
         json_path.write_text(json.dumps(s, indent=2))
     for line in s.get("skipped", []):
         console.print(f"[yellow]skipped unreadable image[/yellow] {line}")
     metrics = f"; metrics: {json_path}" if json_path else ""
-    console.print(f"confusion matrix: {folder / 'confusion.csv'} and .png{metrics}")
+    console.print(f"confusion matrix: {folder / 'confusion.csv'} and .png; reliability.png, confused_pairs.csv,"
+                  f" mistakes.png in {folder}{metrics}")
+
+
+def _write_diagnostics(res, folder: Path) -> None:
+    """reliability.png, confused_pairs.csv/.json and mistakes.png (the most confident wrong predictions)."""
+    from ..viz.eval_plots import confused_pairs_files, mistakes_gallery_png, reliability_png
+
+    s, names = res.summary, res.ckpt.class_names
+    reliability_png(s["reliability"], s["ece"], folder / "reliability.png")
+    confused_pairs_files(s["confused_pairs"], folder / "confused_pairs.csv", folder / "confused_pairs.json")
+    s.update(reliability_png=str(folder / "reliability.png"), confused_pairs_csv=str(folder / "confused_pairs.csv"))
+    if res.source is None:
+        return
+    s["mistakes"] = [{**m, "file": res.source.describe(m["index"]), "true": names[m["true"]],
+                      "pred": names[m["pred"]]} for m in res.result.mistakes]
+    if mistakes_gallery_png(res.result.mistakes, res.source, names,
+                                                       folder / "mistakes.png"):
+        s["mistakes_png"] = str(folder / "mistakes.png")
 
 
 def register(app: typer.Typer) -> None:

@@ -30,6 +30,7 @@ OPTION_PATHS = {
     "compile": "train.compile", "channels_last": "train.channels_last", "seed": "train.seed", "out": "train.out",
     "name": "train.name", "resume": "train.resume", "freeze_backbone_epochs": "train.freeze_backbone_epochs",
     "steps_per_epoch": "train.steps_per_epoch", "progress": "train.progress", "sync_bn": "train.sync_bn",
+    "tensorboard": "train.tensorboard", "tracker": "train.tracker",
 }
 
 
@@ -123,6 +124,10 @@ def train_command(
     name: str = typer.Option(None, help="Run name under runs/."),
     resume: str = typer.Option(None, help="Resume from a checkpoint, a run directory, or 'auto'."),
     progress: bool = typer.Option(None, "--progress/--no-progress", help="Show the progress bar."),
+    tensorboard: bool = typer.Option(None, "--tensorboard/--no-tensorboard",
+                                     help="TensorBoard events in RUN/tensorboard/ (imgcls[tensorboard]). [on]"),
+    tracker: str = typer.Option(None, help="none|mlflow: log params, metrics, artifacts to MLFLOW_TRACKING_URI or"
+                                " sqlite:///RUN/mlflow.db (imgcls[mlflow])."),
     set_: list[str] = typer.Option(None, "--set", help="Any config field: --set optim.momentum=0.95 (repeatable)."),
 ) -> None:
     """Train a model.  With no options: ResNet-18 on the built-in digits data, about a minute on a CPU."""

@@ -14,6 +14,16 @@ transforms' own parameter sampling (`get_params_dependent_on_data`, `should_appl
 OpenCV directly on a view of the crop, skipping albumentations' per-call bookkeeping (~60 us per
 image).  The random draws, their order and the pixels are the same as `A.Compose.__call__`'s
 (tested bit for bit); anything else (masks, odd images, replay) goes through `A.Compose`.
+
+albumentations is pinned to its MIT line (2.0.x; its successor is AGPL under the same import name)
+and only its public API is used: `Compose` (`seed`, `p`, `save_applied_params`, `set_random_state`),
+the transforms' constructor arguments (`size`, `interpolation`), and the documented custom-transform
+hooks (`ImageOnlyTransform.apply`, `get_params_dependent_on_data`, `get_transform_init_args_names`,
+`should_apply`, the per-transform `py_random`).  The crop's resize uses its public `interpolation`
+(built with `area_for_downscale=None`, under which albumentations resizes with exactly that flag),
+not the private `_get_interpolation_for_resize`.  The transforms are kept rather than rewritten in
+OpenCV so that the random streams (and so every seeded run, and the device-decode path's crop boxes)
+stay what they were.
 """
 
 from __future__ import annotations
@@ -33,6 +43,8 @@ class TrainCompose(A.Compose):
         crop = transforms[0]
         if not isinstance(crop, A.RandomResizedCrop):
             raise TypeError("TrainCompose: the first transform must be A.RandomResizedCrop")
+        if getattr(crop, "area_for_downscale", None) is not None:  # the direct path resizes with `interpolation`
+            raise TypeError("TrainCompose: the crop must have area_for_downscale=None")
         has_flip = len(transforms) > 1 and isinstance(transforms[1], A.HorizontalFlip)
         self._flip = transforms[1] if has_flip else None
         self._tail = list(transforms[2 if has_flip else 1:])
@@ -50,7 +62,7 @@ class TrainCompose(A.Compose):
         crop_t = self.transforms[0]
         h, w = crop_t.size
         if crop.shape[:2] != (h, w):
-            crop = cv2.resize(crop, (w, h), interpolation=crop_t._get_interpolation_for_resize(crop.shape[:2], "image"))
+            crop = cv2.resize(crop, (w, h), interpolation=crop_t.interpolation)  # area_for_downscale=None: this flag
         if flip:
             crop = cv2.flip(crop, 1)
         out = {"image": crop}
@@ -63,7 +75,6 @@ class TrainCompose(A.Compose):
         order (the Compose p-check, the crop, the flip), so `data.decode=device` crops where the CPU path would."""
         self.py_random.random()  # A.Compose draws its own p-check first; keep the stream aligned
         crop_t = self.transforms[0]
-        crop_t.params = {}
         box = crop_t.get_params_dependent_on_data({"shape": (hw[0], hw[1], 3)}, data or {})["crop_coords"]
         return tuple(int(v) for v in box), bool(self._flip is not None and self._flip.should_apply())
 
@@ -80,7 +91,7 @@ def train_transform(img_size: int, crop_scale: tuple[float, float], crop_ratio: 
                A.RandomCrop(height=img_size, width=img_size)]
     else:
         ops = [A.RandomResizedCrop(size=(img_size, img_size), scale=tuple(crop_scale), ratio=tuple(crop_ratio),
-                                   interpolation=cv2.INTER_LINEAR)]
+                                   interpolation=cv2.INTER_LINEAR, area_for_downscale=None)]
     if hflip > 0:
         ops.append(A.HorizontalFlip(p=hflip))
     if color_jitter > 0:

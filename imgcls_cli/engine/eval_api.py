@@ -24,6 +24,7 @@ class EvalOutput:
     result: EvalResult
     summary: dict[str, Any]
     ckpt: Checkpoint
+    source: Any = None  # the evaluated split's Source (EvalResult.mistakes index into it)
 
 
 def _same_data(a: str, b: str) -> bool:
@@ -119,4 +120,4 @@ def evaluate_checkpoint(path: str | Path, data: str | None = None, split: str | 
     res = evaluate(logits_fn, loader, norm, len(ckpt.class_names), dev, on_bad=lambda b: bad.extend(r for _, r in b))
     summary = res.summary(ckpt.class_names, ckpt.class_counts)
     summary.update(checkpoint=str(path), data=cfg.data.path, split=cfg.data.val_split, skipped=bad)
-    return EvalOutput(res, summary, ckpt)
+    return EvalOutput(res, summary, ckpt, bundle.val)

@@ -1,4 +1,5 @@
-"""Evaluation: top-1/top-5, per-class accuracy, confusion matrix and shot splits.
+"""Evaluation: top-1/top-5, per-class accuracy, confusion matrix, shot splits; macro P/R/F1, ECE and the most
+confident mistakes (engine/metrics.py).
 
 Counts are accumulated on the device (no host sync per batch) and reduced across ranks under DDP.
 Shot splits follow Liu et al., OLTR (arXiv:1904.05160) and Kang et al.: many-shot classes have
@@ -8,10 +9,12 @@ Shot splits follow Liu et al., OLTR (arXiv:1904.05160) and Kang et al.: many-sho
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import torch
+
+from .metrics import CalibrationBins, ConfidentMistakes, confused_pairs, ece_from_bins, macro_prf, reliability
 
 MANY, FEW = 100, 20
 
@@ -21,6 +24,8 @@ class EvalResult:
     confusion: torch.Tensor  # (C, C) int64 on CPU, rows = true class
     top5_correct: int
     loss_sum: float
+    calibration: torch.Tensor | None = None  # (3, 15) float64: count, confidence sum, correct sum per bin
+    mistakes: list[dict[str, Any]] = field(default_factory=list)  # most confident wrong predictions, highest first
 
     @property
     def n(self) -> int:
@@ -53,6 +58,11 @@ class EvalResult:
         }
         if class_counts is not None:
             out.update(shot_split(self.confusion, class_counts))
+        out.update(macro_prf(self.confusion))
+        if self.calibration is not None:
+            out["ece"] = ece_from_bins(self.calibration)
+            out["reliability"] = reliability(self.calibration)
+        out["confused_pairs"] = confused_pairs(self.confusion, class_names, 20)
         return out
 
 
@@ -77,6 +87,7 @@ def evaluate(logits_fn: Callable[[torch.Tensor], torch.Tensor], batches: Iterabl
     top5 = torch.zeros((), dtype=torch.int64, device=device)
     loss = torch.zeros((), dtype=torch.float64, device=device)
     k = min(5, num_classes)
+    calib, mistakes = CalibrationBins(device), ConfidentMistakes(device)
     for batch in batches:
         if batch["bad"] and on_bad:
             on_bad(batch["bad"])
@@ -92,7 +103,11 @@ def evaluate(logits_fn: Callable[[torch.Tensor], torch.Tensor], batches: Iterabl
         conf.scatter_add_(0, y * num_classes + pred, torch.ones_like(pred))
         top5 += (logits.topk(k, 1).indices == y[:, None]).any(1).sum()
         loss += torch.nn.functional.cross_entropy(logits, y, reduction="sum").double()
+        calib.update(logits, y)
+        if batch.get("indices") is not None:
+            mistakes.update(logits, y, batch["indices"])
     from .distributed import all_reduce_sum
 
     conf, top5, loss = all_reduce_sum(conf), all_reduce_sum(top5), all_reduce_sum(loss)
-    return EvalResult(conf.view(num_classes, num_classes).cpu(), int(top5), float(loss))
+    bins = all_reduce_sum(calib.sums)
+    return EvalResult(conf.view(num_classes, num_classes).cpu(), int(top5), float(loss), bins.cpu(), mistakes.result())

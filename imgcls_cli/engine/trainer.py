@@ -49,6 +49,7 @@ from .setup import open_and_resolve, second_stream, setup_data
 from .signals import Interrupted, StopSignals
 from .state import build_checkpoint, check_resumable, restore_rng, resume_checkpoint, save_run_checkpoint
 from .step_guard import StepGuard
+from .tracking import Hooks, build_hooks
 
 __all__ = ["Interrupted", "TrainResult", "Trainer", "train"]
 
@@ -128,7 +129,7 @@ class Trainer:
         self.scheduler = build_scheduler(self.optimizer, oc, self.steps_per_epoch, cfg.train.epochs)
         fp16 = self.device.type == "cuda" and cfg.train.amp and cfg.train.amp_dtype == "fp16"
         self.scaler = torch.amp.GradScaler(self.device.type, enabled=fp16)
-        self.ema = ModelEma(model, oc.ema) if oc.ema else None
+        self.ema = ModelEma(model, oc.ema, oc.ema_warmup_power) if oc.ema else None
         self.guard = (StepGuard(model, self.task.loss_modules(), self.optimizer, self.device, self.scaler.is_enabled())
                       if cfg.train.finite_check == "step" else None)
         self.skipped_steps = 0
@@ -140,6 +141,7 @@ class Trainer:
         self.start_epoch, self.position, self.best, self.best_epoch = 0, 0, -1.0, -1
         self.best_state: dict[str, torch.Tensor] | None = None  # best.pt's weights, for the final evaluation
         self.global_step = 0
+        self.hooks = build_hooks(cfg, self.console) if dist.is_main() else Hooks([])  # refused before a run dir exists
         self.run_dir, self.run_lock = make_run_dir(cfg, self.resume_from) if dist.is_main() else (None, None)
         self.bad_reported: set[str] = set()  # by reason text (it names the file): indices repeat across splits
         # under DDP a signal is acted on where the ranks agree (a progress update), never raised at once
@@ -224,7 +226,10 @@ class Trainer:
         self.last_top1 = float("nan")
         epoch = self.start_epoch
         with self.signals:
+            started = False  # the hooks are ended only once they have started
             try:
+                self.hooks.on_fit_start(self)  # a tracker that cannot start stops the run before any training
+                started = True
                 if self.pending_record is not None:  # resumed after a stop during an evaluation: redo only that
                     self._evaluate_epoch(self.start_epoch - 1, self.pending_record)
                 for epoch in range(self.start_epoch, cfg.train.epochs):
@@ -241,10 +246,18 @@ class Trainer:
                 final = self._final_eval()
             except Interrupted as e:
                 self.signals.immediate = False  # stopping: a second signal must not cut what follows
+                if started:
+                    self.hooks.on_fit_end(self, "KILLED")
                 if dist.is_main():
                     self.console.print(f"stopped by signal {e.signum}: last.pt in {self.run_dir} holds every"
                                        f" finished step (resume with --resume {self.run_dir})")
                 raise SystemExit(e.exit_code) from None
+            except BaseException:
+                if started:
+                    self.hooks.on_fit_end(self, "FAILED")
+                raise
+            else:  # trackers log the run's files: after the last one (final_eval.json), while the run's lock is held
+                self.hooks.on_fit_end(self, "FINISHED")
             finally:
                 if self.run_lock is not None:
                     self.run_lock.release()
@@ -316,6 +329,7 @@ class Trainer:
         if dist.is_main():
             with self.signals.deferred():
                 append_jsonl(self.run_dir / "metrics.jsonl", record)
+            self.hooks.on_epoch_end(self, record)
             self.console.print(epoch_line(record, self.cfg.train.epochs))
 
     def evaluate(self, loader: Any):
@@ -449,8 +463,10 @@ class Trainer:
                                 f"training diverged: non-finite loss by epoch {epoch + 1} step {i + 1} (train."
                                 f"finite_check=log does not skip bad steps); the last good checkpoint is the"
                                 f" newest in {self.run_dir} (lower --lr, or finite_check=step)")
-                        progress.update(i + 1, loss=float(loss_sum) / max(1, s), acc=float(correct) / max(1, s) * 100,
-                                        lr=self.optimizer.param_groups[0]["lr"], ips=n_images / max(el, 1e-9))
+                        now = {"loss": float(loss_sum) / max(1, s), "acc": float(correct) / max(1, s) * 100,
+                               "lr": self.optimizer.param_groups[0]["lr"]}
+                        progress.update(i + 1, **now, ips=n_images / max(el, 1e-9))
+                        self.hooks.on_step(self, self.global_step, now)  # running means of the epoch so far
                     # under DDP, agreeing is a collective read back to the host: done at progress updates only
                     # (alone, a signal raises at the next batch: guarded() ends the step's deferred section)
                     signum = agreed_signal(self.signals.signum, dev) if at_update and dist.is_dist() else None
@@ -495,7 +511,7 @@ class Trainer:
             guard.end()  # restores what a skipped step's forward pass and after_step wrote
         self.global_step += 1
         if self.ema is not None:
-            self.ema.update(self.model)
+            self.ema.update(self.model, step=self.global_step)
         if cfg.train.log_steps and dist.is_main():  # costs a sync, as documented
             rec = {"step": self.global_step, "epoch": epoch + 1, "loss": float(loss.detach())}
             if guard is not None and bool(guard.bad):

@@ -1,9 +1,15 @@
-"""Export a trained model to ONNX or TorchScript, verified against the eager model.
+"""Export a trained model to ONNX, a `torch.export` ExportedProgram or TorchScript, verified against the eager model.
+
+Formats (registry `FORMATS`): `onnx` (torch's dynamo-based exporter, `torch.onnx.export(dynamo=True)`),
+`pt2` (`torch.export.export` -> `torch.export.save`, loaded back with `torch.export.load`),
+`onnx-legacy` (the TorchScript-based ONNX exporter) and `torchscript` (`torch.jit.trace`); the last two
+use paths torch has deprecated and are kept for models the dynamo-based paths cannot capture.  Their
+deprecation warnings are shown, not silenced.
 
 The exported graph takes what `model.forward` takes: a normalised float32 tensor (B, 3, S, S)
 with a dynamic batch axis; S is the training resolution.  Class names, normalisation (mean/std)
-and S are stored in the file (ONNX `metadata_props`, TorchScript `_extra_files["imgcls.json"]`),
-read back with `read_metadata(path)`.  After export the file is run at batch sizes 1, 2 and 7 and
+and S are stored in the file (ONNX `metadata_props`, `.pt2` / TorchScript extra file
+`imgcls.json`), read back with `read_metadata(path)`.  After export the file is run at batch sizes 1, 2 and 7 and
 compared with the eager model (rtol 1e-3, atol 1e-5); a mismatch is an error (exit 2) and leaves the
 output path as it was (the file is written beside it and renamed only once verified).
 
@@ -40,6 +46,10 @@ class Exporter(ABC):
     """One export format: write the file, and load it back as a numpy-in, numpy-out runner."""
 
     suffix = ""
+    extra: str | None = None  # the pip extra holding `needs` (checked before exporting)
+    needs: tuple[str, ...] = ()  # modules the format imports
+    opsets: tuple[int, int] | None = None  # (default, lowest accepted) for formats that take --opset
+    deprecated: str | None = None  # why the format is deprecated and what to use instead (shown to the user)
 
     @abstractmethod
     def export(self, model: nn.Module, example: torch.Tensor, out: Path, meta: dict[str, str],
@@ -67,7 +77,25 @@ class ExportReport:
 
 
 def _load_formats() -> None:
-    from . import onnx, torchscript  # noqa: F401  (registration side effects)
+    from . import onnx, pt2, torchscript  # noqa: F401  (registration side effects)
+
+
+def get_exporter(fmt: str, opset: int | None = None) -> Exporter:
+    """The exporter for `fmt`, after checking its extra is installed and `opset` applies to it."""
+    from ..extras import require
+
+    _load_formats()
+    exporter = FORMATS.get(fmt)
+    if opset is not None:
+        if exporter.opsets is None:
+            takes = [n for n in FORMATS if FORMATS.get(n).opsets is not None]
+            raise ImgclsError(f"--opset: only applies to --format {'|'.join(takes)} (got --format {fmt})")
+        if opset < exporter.opsets[1]:
+            raise ImgclsError(f"--opset {opset}: --format {fmt} writes opset {exporter.opsets[1]} or newer (torch"
+                              f" would silently keep {exporter.opsets[1]}); use --opset >= {exporter.opsets[1]}")
+    if exporter.needs:
+        require(exporter.extra or fmt, exporter.needs, f"--format {fmt}")
+    return exporter
 
 
 def check_exportable(task_cls: type, method: str) -> None:
@@ -101,7 +129,12 @@ def verify(runner: Callable[[np.ndarray], np.ndarray], reference: Callable[[torc
         x = torch.randn(b, 3, img_size, img_size, generator=g)  # (b, 3, S, S) normalised-like input
         with torch.no_grad():
             ref = reference(x).float().numpy()  # (b, C)
-        got = np.asarray(runner(x.numpy()))
+        try:
+            got = np.asarray(runner(x.numpy()))
+        except Exception as e:  # a runtime refusing the input (e.g. a batch axis frozen to the example's size)
+            first = (str(e).strip().splitlines() or [type(e).__name__])[0][:200]
+            raise ImgclsError(f"--format {fmt}: exported model fails at batch {b}"
+                              f" ({type(e).__name__}: {first})") from None
         if got.shape != ref.shape:
             raise ImgclsError(f"--format {fmt}: exported model gives shape {got.shape} at batch {b}, eager {ref.shape}")
         errs[b] = float(np.abs(got - ref).max())
@@ -115,8 +148,9 @@ def export_model(model: nn.Module, fmt: str, out: str | Path, *, img_size: int, 
                  mean: tuple[float, ...], std: tuple[float, ...], opset: int | None = None,
                  extra_meta: dict[str, Any] | None = None, describe: str = "this model") -> ExportReport:
     """Export `model.forward` (eval mode, CPU, float32) and verify it at batch sizes 1, 2, 7."""
-    _load_formats()
-    exporter = FORMATS.get(fmt)
+    exporter = get_exporter(fmt, opset)
+    if exporter.deprecated:
+        warnings.warn(f"--format {fmt}: {exporter.deprecated}", FutureWarning, stacklevel=2)
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
     model = copy.deepcopy(model).cpu().float().eval()
@@ -126,8 +160,7 @@ def export_model(model: nn.Module, fmt: str, out: str | Path, *, img_size: int, 
     tmp = out.with_name(f".{out.stem}.tmp.{os.getpid()}{out.suffix}")
     try:
         try:
-            with warnings.catch_warnings(), torch.no_grad():
-                warnings.simplefilter("ignore")
+            with torch.no_grad():  # warnings are not silenced: torch's deprecation notices reach the user
                 exporter.export(model, example, tmp, meta, opset)
         except ImgclsError:
             raise
@@ -138,6 +171,7 @@ def export_model(model: nn.Module, fmt: str, out: str | Path, *, img_size: int, 
         os.replace(tmp, out)
     finally:
         tmp.unlink(missing_ok=True)
+        tmp.with_name(tmp.name + ".data").unlink(missing_ok=True)  # an exporter's external-data sidecar, if any
     return ExportReport(out=out, format=fmt, max_abs_err=errs, metadata=exporter.read_metadata(out))
 
 
@@ -147,8 +181,7 @@ def export_checkpoint(path: str | Path, fmt: str = "onnx", out: str | Path | Non
     from ..engine.checkpoint import load_checkpoint
     from ..methods import task_class
 
-    _load_formats()
-    exporter = FORMATS.get(fmt)
+    exporter = get_exporter(fmt, opset)
     ckpt = load_checkpoint(path, "cpu")
     cfg = ckpt.config
     check_exportable(task_class(cfg), cfg.train.method)
@@ -171,9 +204,10 @@ def read_metadata(path: str | Path) -> dict[str, str]:
     p = Path(path)
     for name in FORMATS:
         if FORMATS.get(name).suffix == p.suffix:
-            return FORMATS.get(name).read_metadata(p)
-    raise ImgclsError(f"{p}: unknown export suffix; valid: {', '.join(FORMATS.get(n).suffix for n in FORMATS)}")
+            return get_exporter(name).read_metadata(p)
+    suffixes = dict.fromkeys(FORMATS.get(n).suffix for n in FORMATS)
+    raise ImgclsError(f"{p}: unknown export suffix; valid: {', '.join(suffixes)}")
 
 
 __all__ = ["FORMATS", "ExportReport", "Exporter", "check_exportable", "export_checkpoint", "export_model",
-           "read_metadata"]
+           "get_exporter", "read_metadata"]

@@ -1,11 +1,17 @@
-"""ONNX export with the TorchScript-based exporter (`torch.onnx.export(..., dynamo=False)`).
+"""ONNX export: `onnx` with torch's dynamo-based exporter, `onnx-legacy` with the TorchScript-based one.
 
-The dynamo exporter was tried with torch 2.14: about 25x slower per model and its opset
-conversion failed for ResNets, so the TorchScript-based one is used.  The batch axis is dynamic;
-the spatial size is the training resolution.  ONNX has no general AdaptiveAvgPool, and the
-exporter refuses one whose output does not divide its input (VGG's 7x7 pool at 32-px input), so
-such pools are replaced, for the export only, by the exact same linear map written as two
-matrix products (`FixedAdaptiveAvgPool`).
+`onnx` (`torch.onnx.export(..., dynamo=True)`) captures the model with `torch.export` (batch a
+`torch.export.Dim`) and translates it with onnxscript.  It writes opset 18 or newer: torch 2.14
+implements nothing older and its down-conversion fails for ResNets (no adapter for `Pad`), after
+which it keeps opset 18 with only a log line, so lower `--opset` values are refused instead.  On
+this project's test models it takes 3-8 s per export on one CPU core, about 5x the TorchScript-based
+exporter.  `onnx-legacy` (`dynamo=False`) is the TorchScript-based exporter torch has deprecated
+(torch's DeprecationWarning is shown); it remains for models the dynamo path cannot capture and for
+opsets below 18.  The batch axis is dynamic; the spatial size is the training resolution.
+
+ONNX has no general AdaptiveAvgPool, and the exporter refuses one whose output does not divide
+its input (VGG's 7x7 pool at 32-px input), so such pools are replaced, for the export only, by the
+exact same linear map written as two matrix products (`FixedAdaptiveAvgPool`).
 """
 
 from __future__ import annotations
@@ -83,7 +89,15 @@ class ImagesOnly(nn.Module):
 
 
 class OnnxExporter(Exporter):
+    """Base of both ONNX formats: the subclass writes the graph (`_write`), this adds the metadata."""
+
     suffix = ".onnx"
+    extra = "onnx"
+    needs = ("onnx", "onnxruntime", "onnxscript")
+    opsets = (DEFAULT_OPSET, 7)
+
+    def _write(self, wrapped: nn.Module, example: torch.Tensor, out: Path, opset: int) -> None:
+        raise NotImplementedError  # one hook per exporter
 
     def export(self, model: nn.Module, example: torch.Tensor, out: Path, meta: dict[str, str],
                opset: int | None) -> None:
@@ -91,10 +105,7 @@ class OnnxExporter(Exporter):
 
         replace_uneven_pools(model, example)
         # eval(): the exporter restores the wrapper's mode afterwards, recursively, and verify() runs `model`
-        torch.onnx.export(ImagesOnly(model).eval(), (example,), str(out), dynamo=False, input_names=["images"],
-                          output_names=["logits"],
-                          dynamic_axes={"images": {0: "batch"}, "logits": {0: "batch"}},
-                          opset_version=opset or DEFAULT_OPSET, do_constant_folding=True)
+        self._write(ImagesOnly(model).eval(), example, out, opset or (self.opsets or (DEFAULT_OPSET,))[0])
         proto = onnx.load(str(out))
         for k, v in meta.items():
             entry = proto.metadata_props.add()
@@ -119,4 +130,30 @@ class OnnxExporter(Exporter):
         return {p.key: p.value for p in proto.metadata_props}
 
 
-FORMATS.add("onnx", OnnxExporter())
+class DynamoOnnxExporter(OnnxExporter):
+    opsets = (18, 18)
+
+    def _write(self, wrapped: nn.Module, example: torch.Tensor, out: Path, opset: int) -> None:
+        batch = torch.export.Dim("batch", min=1, max=65536)
+        torch.onnx.export(wrapped, (example,), str(out), dynamo=True, input_names=["images"], output_names=["logits"],
+                          dynamic_shapes=({0: batch},), opset_version=opset, optimize=True, verbose=False,
+                          external_data=False)  # one self-contained file (the weights inline)
+        import onnx
+
+        # when strict capture fails torch falls back to a capture that may freeze the batch to the example's 2
+        dim = onnx.load(str(out), load_external_data=False).graph.input[0].type.tensor_type.shape.dim[0]
+        if not dim.dim_param:
+            raise ValueError(f"the batch axis was specialised to {dim.dim_value} (shape-dependent code in forward?)")
+
+
+class LegacyOnnxExporter(OnnxExporter):
+    deprecated = "the TorchScript-based ONNX exporter is deprecated by torch; use --format onnx (dynamo-based)"
+
+    def _write(self, wrapped: nn.Module, example: torch.Tensor, out: Path, opset: int) -> None:
+        torch.onnx.export(wrapped, (example,), str(out), dynamo=False, input_names=["images"], output_names=["logits"],
+                          dynamic_axes={"images": {0: "batch"}, "logits": {0: "batch"}},
+                          opset_version=opset, do_constant_folding=True)
+
+
+FORMATS.add("onnx", DynamoOnnxExporter())
+FORMATS.add("onnx-legacy", LegacyOnnxExporter())

@@ -1,7 +1,10 @@
 """TorchScript export by tracing `model.forward` (eval mode); metadata in `_extra_files`.
 
-Tracing (not scripting) is used because it accepts every module imgcls builds; the trace is
-checked at batch sizes 1, 2 and 7, which catches shapes frozen into the graph.
+Deprecated: torch deprecates `torch.jit.trace` (torch 2.14); `--format pt2` (`torch.export`) is its
+successor and `export_model` warns (FutureWarning) when this format is chosen.  It stays for
+runtimes that load TorchScript (libtorch, older deployments).  Tracing (not scripting) is used
+because it accepts every module imgcls builds; the trace is checked at batch sizes 1, 2 and 7,
+which catches shapes frozen into the graph.
 """
 
 from __future__ import annotations
@@ -21,6 +24,7 @@ EXTRA = "imgcls.json"
 
 class TorchScriptExporter(Exporter):
     suffix = ".ts"
+    deprecated = "TorchScript (torch.jit.trace) is deprecated by torch; use --format pt2 (torch.export)"
 
     def export(self, model: nn.Module, example: torch.Tensor, out: Path, meta: dict[str, str],
                opset: int | None) -> None:

@@ -144,6 +144,11 @@ def build_model(
     kw: dict[str, Any] = {}
     if zero_init_residual and info["family"] in ("resnet", "cifar_resnet"):
         kw["zero_init_residual"] = True
+    builds_attn = bool(info.get("builds_attention")) and bool(attn) and attn != "none"
+    if builds_attn:  # the backbone places attention itself at construction (timm's attn_layer)
+        ATTENTION.get(attn)
+        used = ATTENTION.meta(attn).get("options", {})  # the options this attention module reads
+        kw.update(attn=attn, attn_options={k: v for k, v in (attn_options or {}).items() if k in used})
     model = fn(num_classes=num_classes, **kw)
     head_path = info["head"]
     old = get_submodule(model, head_path)
@@ -151,7 +156,7 @@ def build_model(
     model.imgcls = {"backbone": backbone, "family": info["family"], "head": head_path, "classifier": head_path,
                     "cam_layer": info["cam_layer"], "feat_dim": feature_dim or in_features, "attn": attn or "none",
                     "num_classes": num_classes}
-    if attn and attn != "none":
+    if attn and attn != "none" and not builds_attn:
         ATTENTION.get(attn)
         from .attention.insert import insert_attention
 
@@ -179,7 +184,9 @@ def build_model(
     if pretrained:
         sources.append((_pretrained_state(info.get("torchvision"), backbone), f"torchvision {backbone} ImageNet"))
     if weights is not None:
-        sources.append((_read_state_dict(weights), str(weights)))
+        state = _read_state_dict(weights)
+        remap = info.get("remap_weights")  # the backbone's own file layout (timm names) -> this model's names
+        sources.append((remap(state, model) if remap else state, str(weights)))
     log_messages.clear()
     for state, src in sources:
         log_messages.extend(load_weights(model, state, src))

@@ -43,12 +43,19 @@ def _features(model: nn.Module) -> tuple[nn.Module, str]:
     return model.features, ""  # MobileNetV2/V3: the last 1x1 conv block of `features`
 
 
+def _timm(model: nn.Module) -> tuple[nn.Module, str]:
+    from .backbones.timm_models import TimmFeatures
+
+    return TimmFeatures(model.body), ""  # timm's forward_features: the map timm would pool
+
+
 TRUNKS: dict[str, Callable[[nn.Module], tuple[nn.Module, str]]] = {
     "resnet": _resnet,
     "cifar_resnet": _cifar_resnet,
     "vgg": _vgg,
     "mobilenet_v2": _features,
     "mobilenet_v3": _features,
+    "timm": _timm,
 }
 
 

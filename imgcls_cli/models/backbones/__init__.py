@@ -1,3 +1,3 @@
-"""Backbone registrations: torchvision families plus CIFAR ResNets."""
+"""Backbone registrations: torchvision families, CIFAR ResNets, and the `timm/<name>` namespace (imgcls[timm])."""
 
-from . import cifar_resnet, torchvision_models  # noqa: F401  (registration side effects)
+from . import cifar_resnet, timm_models, torchvision_models  # noqa: F401  (registration side effects)
