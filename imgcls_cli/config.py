@@ -105,7 +105,8 @@ class AugConfig(Frozen):
 
 
 class ModelConfig(Frozen):
-    backbone: str = "resnet18"
+    backbone: str | None = Field(None, description="data-set default: resnet20 (CIFAR-style: 3x3 stem, no max-pool)"
+                                 " for images of 64 px or less, else resnet18")
     attn: str = "none"
     head: str = "linear"
     pretrained: bool = False
@@ -123,7 +124,7 @@ class ModelConfig(Frozen):
 
     @field_validator("backbone")
     @classmethod
-    def _bb(cls, v: str) -> str:
+    def _bb(cls, v: str | None) -> str | None:
         return _check("backbone", v)
 
     @field_validator("attn")
@@ -173,14 +174,17 @@ class LossConfig(Frozen):
 
 
 class OptimConfig(Frozen):
-    name: Literal["sgd", "adamw"] = "sgd"
-    lr: float = Field(0.1, gt=0.0)
+    name: Literal["sgd", "adamw"] = "adamw"
+    lr: float | None = Field(None, gt=0.0, description="default: the optimizer's base rate (sgd 0.05, adamw 0.002) at"
+                             " a global batch of 32, scaled to the global batch (batch x processes x accum steps):"
+                             " linearly for sgd, by the square root for adamw")
     momentum: float = Field(0.9, ge=0.0, lt=1.0)
     nesterov: bool = False
-    weight_decay: float = Field(5e-4, ge=0.0)
+    weight_decay: float | None = Field(None, ge=0.0, description="default: sgd 5e-4, adamw 0.05")
     no_wd_bn_bias: bool = True
     schedule: Literal["cosine", "multistep", "constant"] = "cosine"
-    warmup_epochs: float = Field(0.0, ge=0.0)
+    warmup_epochs: float | None = Field(None, ge=0.0, description="linear warm-up, per step; default: 15% of the"
+                                        " epochs, at most 1")
     milestones: tuple[int, ...] = ()
     gamma: float = Field(0.1, gt=0.0, le=1.0)
     min_lr: float = Field(0.0, ge=0.0)
@@ -197,7 +201,7 @@ class TrainConfig(Frozen):
     method: str = "standard"
     init_from: str | None = Field(None, description="stage-1 checkpoint for cRT/LWS")
     epochs: int = Field(10, ge=1)
-    batch_size: int = Field(64, ge=1)
+    batch_size: int = Field(32, ge=1, description="per process; the global batch is batch x processes x accum steps")
     eval_batch_size: int | None = Field(None, ge=1)
     device: str = Field("auto", description="auto, cpu, cuda, cuda:N, mps")
     devices: int = Field(1, ge=1, description="processes on this node (torchrun)")
@@ -280,8 +284,8 @@ class Config(Frozen):
     def _combinations(self) -> Config:
         mixing = self.aug.mixup > 0 or self.aug.cutmix > 0
         fams = getattr(ALL["method"].get(self.train.method), "backbone_families", None)
-        family = ALL["backbone"].meta(self.model.backbone).get("family")
-        if fams and family not in fams:
+        family = ALL["backbone"].meta(self.model.backbone).get("family") if self.model.backbone else None
+        if fams and family is not None and family not in fams:
             ok = [b for b in ALL["backbone"].names() if ALL["backbone"].meta(b).get("family") in fams]
             raise ValueError(f"--method {self.train.method} supports {'/'.join(fams)} backbones only; --backbone"
                              f" {self.model.backbone} is {family} (valid: {', '.join(ok)})")

@@ -70,7 +70,8 @@ def test_digits_with_mixup_and_cutmix_reaches_90_percent() -> None:
     import imgcls_cli
 
     res = imgcls_cli.train(**quick_overrides(**{
-        "aug.mixup": 0.2, "aug.cutmix": 1.0, "train.epochs": 5, "train.batch_size": 32, "optim.lr": 0.1,
+        "aug.mixup": 0.2, "aug.cutmix": 1.0, "train.epochs": 5, "train.batch_size": 32,
+        "optim.name": "sgd", "optim.lr": 0.1,
         "data.img_size": 16}))
     assert res.config.aug.mixup == 0.2 and res.config.aug.cutmix == 1.0
     assert res.final["top1"] >= 90.0, res.final  # the held-out digits test split

@@ -175,7 +175,8 @@ def _reads(tmp_path: Path, data: Path, steps: int, **extra: object) -> int:
     mode = _CountReads()
     with mode:
         ic.train(**quick_overrides(**{"data.path": str(data), "data.img_size": 16, "train.batch_size": 2,
-                                      "train.steps_per_epoch": steps, "train.log_every": 1000, "optim.lr": 0.01,
+                                      "train.steps_per_epoch": steps, "train.log_every": 1000,
+                                      "optim.name": "sgd", "optim.lr": 0.01,
                                       "train.tensorboard": False, "train.out": str(tmp_path / f"run{steps}"),
                                       **extra}))
     return mode.n

@@ -18,11 +18,17 @@ from ..data.transforms import eval_crop_pct, preset_of, transforms_from_config
 from ..errors import DataError, ImgclsError
 from ..registry import SAMPLERS
 from . import distributed as dist
+from .recipe import resolve_recipe
 
 
 def resolve_config(cfg: Config, bundle: DataBundle, device: torch.device) -> Config:
     """Fill the data-set defaults (None fields) so config.yaml states every value used."""
-    upd: dict[str, Any] = {}
+    return resolve_with_note(cfg, bundle, device)[0]
+
+
+def resolve_with_note(cfg: Config, bundle: DataBundle, device: torch.device) -> tuple[Config, str]:
+    """resolve_config, plus the one line naming the recipe defaults chosen (engine.recipe); "" if none."""
+    upd, note = resolve_recipe(cfg, cfg.data.img_size or bundle.img_size, dist.world_size())
     if cfg.data.img_size is None:
         upd["data.img_size"] = bundle.img_size
     if cfg.data.val_split is None and bundle.val_split:
@@ -47,7 +53,7 @@ def resolve_config(cfg: Config, bundle: DataBundle, device: torch.device) -> Con
         upd["train.channels_last"] = device.type == "cuda" or (device.type == "cpu" and cfg.train.cpu_amp)
     if cfg.train.eval_batch_size is None:
         upd["train.eval_batch_size"] = cfg.train.batch_size * 2
-    return cfg.replace(**upd) if upd else cfg
+    return (cfg.replace(**upd) if upd else cfg), note
 
 
 @dataclass

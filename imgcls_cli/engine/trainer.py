@@ -25,6 +25,7 @@ from typing import Any
 import torch
 
 from ..config import Config
+from ..data.sources import open_data
 from ..errors import ImgclsError
 from ..methods import task_class
 from . import distributed as dist
@@ -45,7 +46,7 @@ from .faults import (
 from .optim import build_optimizer, build_scheduler, param_groups
 from .progress import TrainProgress, cpu_seconds, epoch_line
 from .rundir import append_jsonl, make_run_dir, mark_latest, write_text_atomic
-from .setup import open_and_resolve, second_stream, setup_data
+from .setup import resolve_with_note, second_stream, setup_data
 from .signals import Interrupted, StopSignals
 from .state import build_checkpoint, check_resumable, restore_rng, resume_checkpoint, save_run_checkpoint
 from .step_guard import StepGuard
@@ -88,7 +89,8 @@ class Trainer:
         setup_backends(self.device, cfg.train.deterministic, cfg.train.fuse_attention)
         torch.manual_seed(cfg.train.seed)
         self.resume_from, self.resume_state = resume_checkpoint(cfg)
-        cfg, bundle = open_and_resolve(cfg, self.device)
+        bundle = open_data(cfg.data)
+        cfg, self.recipe_note = resolve_with_note(cfg, bundle, self.device)
         check_resumable(self.resume_state, cfg, bundle.class_names, self.resume_from)
         self.cfg, self.bundle = cfg, bundle
         self.data = setup_data(cfg, bundle, self.device)
@@ -223,6 +225,8 @@ class Trainer:
                                f" {len(b.val) if b.val else 0} {cfg.data.val_split or 'val'} images,"
                                f" {b.num_classes} classes, {cfg.data.img_size} px {cfg.aug.preset},"
                                f" device {self.device})")
+            if self.recipe_note:
+                self.console.print(self.recipe_note)
         self.last_top1 = float("nan")
         epoch = self.start_epoch
         with self.signals:
