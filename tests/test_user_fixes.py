@@ -1,0 +1,52 @@
+"""Regressions from a new user's first session (issue 26): each test names what a user hit."""
+
+from __future__ import annotations
+
+import warnings
+from pathlib import Path
+
+import pytest
+from typer.testing import CliRunner
+
+from imgcls_cli.cli.app import app
+
+from .conftest import make_folder_dataset, quick_overrides  # noqa: F401
+from .test_export import make_checkpoint
+
+
+def _one_line(r, *needles: str) -> str:
+    """The command failed with exit 2 and one line that holds every needle."""
+    lines = [ln for ln in r.output.splitlines() if ln.strip()]
+    assert r.exit_code == 2 and len(lines) == 1, r.output
+    for n in needles:
+        assert n in lines[0], (n, lines[0])
+    return lines[0]
+
+
+# ---- export --------------------------------------------------------------------------------
+@pytest.mark.parametrize("opset", ["0", "5", "6", "99"])
+def test_export_opset_outside_the_writable_range_is_refused_in_one_line(opset: str, tmp_path: Path) -> None:
+    ckpt = make_checkpoint(tmp_path / "c.pt")
+    r = CliRunner().invoke(app, ["export", str(ckpt), "--opset", opset, "--out", str(tmp_path / "m.onnx")])
+    _one_line(r, f"--opset {opset}", "7..20")
+    assert not (tmp_path / "m.onnx").exists()
+
+
+def test_export_opset_is_the_one_asked_for(tmp_path: Path) -> None:
+    import onnx
+
+    ckpt = make_checkpoint(tmp_path / "c.pt")
+    r = CliRunner().invoke(app, ["export", str(ckpt), "--opset", "13", "--out", str(tmp_path / "m.onnx")])
+    assert r.exit_code == 0, r.output
+    assert onnx.load(str(tmp_path / "m.onnx")).opset_import[0].version == 13
+
+
+def test_torchscript_export_prints_no_jit_load_deprecation(tmp_path: Path) -> None:
+    from imgcls_cli.export import export_checkpoint, read_metadata
+
+    ckpt = make_checkpoint(tmp_path / "c.pt")
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        rep = export_checkpoint(ckpt, "torchscript", tmp_path / "m.ts")
+        read_metadata(rep.out)
+    assert not [w for w in caught if "torch.jit.load" in str(w.message)], [str(w.message) for w in caught]
