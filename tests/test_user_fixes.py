@@ -50,3 +50,21 @@ def test_torchscript_export_prints_no_jit_load_deprecation(tmp_path: Path) -> No
         rep = export_checkpoint(ckpt, "torchscript", tmp_path / "m.ts")
         read_metadata(rep.out)
     assert not [w for w in caught if "torch.jit.load" in str(w.message)], [str(w.message) for w in caught]
+
+
+# ---- pack ----------------------------------------------------------------------------------
+def test_pack_refuses_an_existing_pack_unless_overwrite(tiny_folder: Path, tmp_path: Path) -> None:
+    out = tmp_path / "p.h5"
+    out.write_bytes(b"the user's earlier pack")
+    r = CliRunner().invoke(app, ["pack", str(tiny_folder), str(out)])
+    _one_line(r, str(out), "--overwrite")
+    assert out.read_bytes() == b"the user's earlier pack"
+    r = CliRunner().invoke(app, ["pack", str(tiny_folder), str(out), "--overwrite"])
+    assert r.exit_code == 0, r.output
+    assert out.read_bytes()[:8] == b"\x89HDF\r\n\x1a\n"
+
+
+def test_pack_does_not_create_missing_parent_folders(tiny_folder: Path, tmp_path: Path) -> None:
+    r = CliRunner().invoke(app, ["pack", str(tiny_folder), str(tmp_path / "typo" / "deeper" / "p.h5")])
+    _one_line(r, "does not exist")
+    assert not (tmp_path / "typo").exists()
