@@ -278,7 +278,7 @@ def test_cli_ce_then_crt_then_tau_norm_auto(tmp_path: Path):
     assert {"many", "medium", "few", "top1", "per_class", "tau"} <= set(s)
     assert all(s[k] is not None for k in ("many", "medium", "few"))
     assert s["tau"] in TAUS and len(s["tau_search"]) == 21
-    assert (tmp_path / "crt" / "eval_val" / "per_class_vs_frequency.png").is_file()
+    assert (tmp_path / "crt" / "eval_val_tau-auto" / "per_class_vs_frequency.png").is_file()  # its own folder
     r = runner.invoke(app, ["eval", str(tmp_path / "crt"), "--classifier", "ncm", "--json", str(js), "--device", "cpu"])
     assert r.exit_code == 0, r.output
     assert json.loads(js.read_text())["classifier"] == "ncm"

@@ -68,3 +68,54 @@ def test_pack_does_not_create_missing_parent_folders(tiny_folder: Path, tmp_path
     r = CliRunner().invoke(app, ["pack", str(tiny_folder), str(tmp_path / "typo" / "deeper" / "p.h5")])
     _one_line(r, "does not exist")
     assert not (tmp_path / "typo").exists()
+
+
+# ---- eval ----------------------------------------------------------------------------------
+@pytest.fixture(scope="module")
+def tiny_run(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
+    """(a one-epoch resnet20 run on a 3-class tree, that tree)."""
+    import imgcls_cli as ic
+
+    base = tmp_path_factory.mktemp("tiny_run")
+    data = make_folder_dataset(base / "data", size=16)
+    ic.train(**quick_overrides(**{"data.path": str(data), "train.out": str(base / "run"), "data.img_size": 16}))
+    return base / "run", data
+
+
+def _eval(*args: str) -> object:
+    return CliRunner().invoke(app, ["eval", *args, "--workers", "0", "--device", "cpu"])
+
+
+def test_each_kind_of_evaluation_keeps_its_own_files(tiny_run: tuple[Path, Path], tmp_path: Path) -> None:
+    import shutil
+
+    run, data = tiny_run
+    assert _eval(str(run)).exit_code == 0
+    own = (run / "eval_val" / "confusion.csv").read_text()
+    other = tmp_path / "other"
+    shutil.copytree(data / "val", other / "val")
+    (other / "val" / "class_0" / "000.jpg").unlink()  # different counts: a replaced file would show
+    r = _eval(str(run), "--data", str(other))
+    assert r.exit_code == 0, r.output
+    assert (run / "eval_other_val" / "confusion.csv").is_file()
+    r = _eval(str(run), "--tau-norm", "1.0")
+    assert r.exit_code == 0, r.output
+    assert (run / "eval_val_tau-1.0" / "confusion.csv").is_file()
+    assert (run / "eval_val" / "confusion.csv").read_text() == own
+
+
+@pytest.mark.parametrize("held_out", ["val", "test"])
+def test_eval_on_a_tree_with_only_a_held_out_split(tiny_run: tuple[Path, Path], tmp_path: Path,
+                                                   held_out: str) -> None:
+    """The README says eval --data OTHER evaluates OTHER's val/ (else test/); it demanded OTHER/train/."""
+    import json
+    import shutil
+
+    run, data = tiny_run
+    other = tmp_path / "other"
+    shutil.copytree(data / "val", other / held_out)
+    r = _eval(str(run), "--data", str(other), "--json", str(tmp_path / "m.json"))
+    assert r.exit_code == 0, r.output
+    m = json.loads((tmp_path / "m.json").read_text())
+    assert m["split"] == held_out and m["n"] == 12
+    _one_line(_eval(str(run), "--data", str(other), "--classifier", "ncm"), "--classifier ncm", "train/")

@@ -44,7 +44,7 @@ def eval_loader(ckpt: Checkpoint, data: str | None, split: str | None, batch_siz
         upd["data.workers"] = workers
     # the evaluated split is balanced and complete: no long-tail subsetting of val applies anyway
     cfg = cfg.replace(**upd) if upd else cfg
-    bundle = open_data(cfg.data)
+    bundle = open_data(cfg.data, class_names=ckpt.class_names)  # a tree of val/ (or test/) only will do
     if bundle.val is None or len(bundle.val) == 0:
         raise DataError(f"--data {cfg.data.path}: no validation split (val/ or test/) to evaluate on")
     if bundle.class_names != ckpt.class_names:
