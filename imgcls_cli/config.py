@@ -198,7 +198,8 @@ class TrainConfig(Frozen):
     runs_dir: str = "runs"
     name: str | None = None
     resume: str | None = Field(None, description="checkpoint or run directory, or 'auto'")
-    keep_checkpoints: int = Field(2, ge=1, description="epoch checkpoints kept besides last/best")
+    keep_checkpoints: int = Field(0, ge=0, description="epoch_NNN.pt files (full resume state) kept besides last.pt"
+                                  " (resume state) and best.pt (weights only); 0 = none")
     eval_every: int = Field(1, ge=1)
     log_every: int = Field(10, ge=1)
     max_bad_steps: int = Field(5, ge=1, description="stop after this many consecutive non-finite steps")

@@ -119,3 +119,26 @@ def test_eval_on_a_tree_with_only_a_held_out_split(tiny_run: tuple[Path, Path], 
     m = json.loads((tmp_path / "m.json").read_text())
     assert m["split"] == held_out and m["n"] == 12
     _one_line(_eval(str(run), "--data", str(other), "--classifier", "ncm"), "--classifier ncm", "train/")
+
+
+# ---- what a run folder keeps ---------------------------------------------------------------
+def test_run_folder_keeps_best_weights_and_last_resume_state_only(tiny_run: tuple[Path, Path], tmp_path: Path) -> None:
+    """The quick start's folder held four full checkpoints (342 MB for a ResNet-18)."""
+    from imgcls_cli.engine.checkpoint import read_checkpoint
+
+    run, _ = tiny_run
+    assert sorted(p.name for p in run.glob("*.pt")) == ["best.pt", "last.pt"]
+    best, last = read_checkpoint(run / "best.pt"), read_checkpoint(run / "last.pt")
+    assert "optimizer" not in best and "optimizer" in last and best["model"].keys() == last["model"].keys()
+    assert (run / "best.pt").stat().st_size < 0.7 * (run / "last.pt").stat().st_size  # no SGD momentum buffers
+    _one_line(CliRunner().invoke(app, ["train", "--resume", str(run / "best.pt"), "--out", str(tmp_path / "r")]),
+              "weights only", "last.pt", "--weights")
+
+
+def test_keep_checkpoints_keeps_epoch_files(tiny_run: tuple[Path, Path], tmp_path: Path) -> None:
+    _, data = tiny_run
+    r = CliRunner().invoke(app, ["train", "--data", str(data), "--backbone", "resnet20", "--img-size", "16",
+                                 "--epochs", "2", "--workers", "0", "--device", "cpu", "--no-progress",
+                                 "--keep-checkpoints", "1", "--out", str(tmp_path / "k")])
+    assert r.exit_code == 0, r.output
+    assert sorted(p.name for p in (tmp_path / "k").glob("*.pt")) == ["best.pt", "epoch_002.pt", "last.pt"]

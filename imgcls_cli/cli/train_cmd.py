@@ -30,6 +30,7 @@ OPTION_PATHS = {
     "compile": "train.compile", "channels_last": "train.channels_last", "seed": "train.seed", "out": "train.out",
     "name": "train.name", "resume": "train.resume", "freeze_backbone_epochs": "train.freeze_backbone_epochs",
     "steps_per_epoch": "train.steps_per_epoch", "progress": "train.progress", "sync_bn": "train.sync_bn",
+    "keep_checkpoints": "train.keep_checkpoints",
 }
 
 
@@ -118,6 +119,8 @@ def train_command(
     out: str = typer.Option(None, help="Run directory. [default: runs/<time>-<backbone>-<data>]"),
     name: str = typer.Option(None, help="Run name under runs/."),
     resume: str = typer.Option(None, help="Resume from a checkpoint, a run directory, or 'auto'."),
+    keep_checkpoints: int = typer.Option(None, help="Also keep the N newest epoch_NNN.pt (full resume state)."
+                                         " [default: 0; last.pt and best.pt are always written]"),
     progress: bool = typer.Option(None, "--progress/--no-progress", help="Show the progress bar."),
     set_: list[str] = typer.Option(None, "--set", help="Any config field: --set optim.momentum=0.95 (repeatable)."),
 ) -> None:
