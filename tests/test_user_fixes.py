@@ -142,3 +142,26 @@ def test_keep_checkpoints_keeps_epoch_files(tiny_run: tuple[Path, Path], tmp_pat
                                  "--keep-checkpoints", "1", "--out", str(tmp_path / "k")])
     assert r.exit_code == 0, r.output
     assert sorted(p.name for p in (tmp_path / "k").glob("*.pt")) == ["best.pt", "epoch_002.pt", "last.pt"]
+
+
+# ---- report --------------------------------------------------------------------------------
+def test_report_lists_the_run_behind_latest_under_its_own_name(tiny_run: tuple[Path, Path], tmp_path: Path) -> None:
+    import shutil
+
+    from imgcls_cli.engine.rundir import mark_latest
+
+    run, _ = tiny_run
+    runs = tmp_path / "runs"
+    mine = runs / "myrun"  # sorts after "latest", as a --name run does
+    mine.mkdir(parents=True)
+    for f in ("config.yaml", "metrics.jsonl"):
+        shutil.copy(run / f, mine / f)
+    mark_latest(mine, runs)
+    r = CliRunner().invoke(app, ["report", str(runs), "--format", "csv"])
+    assert r.exit_code == 0, r.output
+    rows = [ln.split(",")[0] for ln in r.output.strip().splitlines()[1:]]
+    assert rows == ["myrun"], r.output
+
+
+def test_report_of_a_missing_folder_says_so() -> None:
+    _one_line(CliRunner().invoke(app, ["report", "/nope"]), "/nope", "no such folder")

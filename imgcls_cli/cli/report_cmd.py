@@ -10,6 +10,14 @@ from .common import handle_errors
 from .common import out as stdout
 
 
+def _runs_in(folder: Path) -> list[Path]:
+    """The run directories in a folder of runs, by name; a link (runs/latest) stands for the run it points at,
+    under that run's own name, and a run listed twice (itself and through a link) once."""
+    real = [p.parent for p in folder.glob("*/metrics.jsonl") if not p.parent.is_symlink()]
+    linked = [p.parent.resolve() for p in folder.glob("*/metrics.jsonl") if p.parent.is_symlink()]
+    return sorted(real, key=lambda p: p.name) + sorted(linked, key=lambda p: p.name)
+
+
 def report_command(
     runs: list[Path] = typer.Argument(..., help="Run directories (each with config.yaml and metrics.jsonl)."),
     fmt: str = typer.Option("md", "--format", help="md|csv."),
@@ -23,8 +31,11 @@ def report_command(
         raise ImgclsError(f"--format {fmt!r}: valid formats are md, csv")
     dirs: list[Path] = []
     seen: set[Path] = set()
-    for r in runs:  # a folder of runs is expanded; runs/latest (a link to a run listed anyway) is left out
-        found = [r] if (r / "metrics.jsonl").exists() else sorted(p.parent for p in r.glob("*/metrics.jsonl"))
+    for r in runs:
+        if not r.is_dir():
+            raise ImgclsError(f"report: {r}: no such folder" if not r.exists() else
+                              f"report: {r}: not a folder (give run directories or a folder of runs)")
+        found = [r] if (r / "metrics.jsonl").exists() else _runs_in(r)
         for d in found:
             if d.resolve() not in seen:
                 seen.add(d.resolve())
