@@ -165,3 +165,23 @@ def test_report_lists_the_run_behind_latest_under_its_own_name(tiny_run: tuple[P
 
 def test_report_of_a_missing_folder_says_so() -> None:
     _one_line(CliRunner().invoke(app, ["report", "/nope"]), "/nope", "no such folder")
+
+
+# ---- files that are not checkpoints --------------------------------------------------------
+@pytest.mark.parametrize("how", [["eval", "{f}"], ["train", "--weights", "{f}", "--epochs", "1"]])
+def test_a_text_file_is_not_a_checkpoint_not_a_pickle_threat(tmp_path: Path, how: list[str]) -> None:
+    f = tmp_path / "README.md"
+    f.write_text("# imgcls\n\nA research toolkit.\n")
+    line = _one_line(CliRunner().invoke(app, [a.format(f=f) for a in how]), str(f), "not a checkpoint")
+    assert "pickle" not in line
+
+
+def test_a_real_pickle_payload_gets_the_pickle_message_uncut(tmp_path: Path) -> None:
+    import argparse
+
+    import torch
+
+    f = tmp_path / "unsafe.pt"
+    torch.save({"args": argparse.Namespace(lr=0.1)}, f)
+    line = _one_line(CliRunner().invoke(app, ["eval", str(f)]), "pickled Python objects", "argparse.Namespace")
+    assert line.rstrip().endswith("plain data only")  # the sentence is whole, not cut at 120 characters
