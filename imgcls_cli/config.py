@@ -325,8 +325,11 @@ def _set_dotted(d: dict[str, Any], key: str, value: Any) -> None:
     node[parts[-1]] = value
 
 
-def format_validation_error(err: ValidationError, source: str = "config") -> str:
-    """One line: the field path and the reason of the first error (plus a count of the rest)."""
+def format_validation_error(err: ValidationError, source: str = "config",
+                            options: Mapping[str, str] | None = None) -> str:
+    """One line: the field path and the reason of the first error (plus a count of the rest).  `options` maps
+    the dotted paths the user set on the command line to what was typed (`train.epochs` -> `--epochs`), so
+    that the message names the option as well as the field."""
     errs = err.errors()
     first = errs[0]
     loc = ".".join(str(p) for p in first["loc"]) or "config"
@@ -336,19 +339,22 @@ def format_validation_error(err: ValidationError, source: str = "config") -> str
     more = f" (and {len(errs) - 1} more)" if len(errs) > 1 else ""
     if msg.startswith("--") and ": " in msg:  # the validator named the CLI option: "--attn (model.attn): ..."
         option, _, msg = msg.partition(": ")
-        loc = f"{option} ({loc})"
+        return f"{option} ({loc}): {msg}{more}"
+    if options and loc in options:  # a value typed on the command line, not read from `source`
+        return f"{options[loc]} ({loc}): {msg}{more}"
     prefix = "" if source == "options" else f"{source}: "
     return f"{prefix}{loc}: {msg}{more}"
 
 
-def config_from_dict(d: dict[str, Any], source: str = "config") -> Config:
+def config_from_dict(d: dict[str, Any], source: str = "config", options: Mapping[str, str] | None = None) -> Config:
     try:
         return Config.model_validate(d)
     except ValidationError as e:
-        raise ImgclsError(format_validation_error(e, source)) from None
+        raise ImgclsError(format_validation_error(e, source, options)) from None
 
 
-def load_config(path: str | Path, overrides: dict[str, Any] | None = None) -> Config:
+def load_config(path: str | Path, overrides: dict[str, Any] | None = None,
+                options: Mapping[str, str] | None = None) -> Config:
     """Load a YAML config file; `overrides` maps dotted paths to values (the CLI options)."""
     p = Path(path)
     if not p.is_file():
@@ -363,7 +369,7 @@ def load_config(path: str | Path, overrides: dict[str, Any] | None = None) -> Co
         d = _with_overrides(d, overrides)
     except ImgclsError as e:
         raise ImgclsError(f"{p}: {e}") from None
-    return config_from_dict(d, source=str(p))
+    return config_from_dict(d, source=str(p), options=options)
 
 
 def _with_overrides(sections: Mapping[str, Any], overrides: dict[str, Any] | None) -> dict[str, Any]:
@@ -375,10 +381,11 @@ def _with_overrides(sections: Mapping[str, Any], overrides: dict[str, Any] | Non
 
 
 def build_config(config: str | Path | Mapping[str, Any] | None = None,
-                 overrides: dict[str, Any] | None = None) -> Config:
-    """A Config from a YAML file, a dict of sections (as in a YAML recipe) or nothing, plus dotted overrides."""
+                 overrides: dict[str, Any] | None = None, options: Mapping[str, str] | None = None) -> Config:
+    """A Config from a YAML file, a dict of sections (as in a YAML recipe) or nothing, plus dotted overrides;
+    `options` (dotted path -> the option as typed) lets errors in an override name the option."""
     if isinstance(config, Mapping):
-        return config_from_dict(_with_overrides(config, overrides), source="config")
+        return config_from_dict(_with_overrides(config, overrides), source="config", options=options)
     if config is not None:
-        return load_config(config, overrides)
-    return config_from_dict(_with_overrides({}, overrides), source="options")
+        return load_config(config, overrides, options)
+    return config_from_dict(_with_overrides({}, overrides), source="options", options=options)

@@ -185,3 +185,21 @@ def test_a_real_pickle_payload_gets_the_pickle_message_uncut(tmp_path: Path) -> 
     torch.save({"args": argparse.Namespace(lr=0.1)}, f)
     line = _one_line(CliRunner().invoke(app, ["eval", str(f)]), "pickled Python objects", "argparse.Namespace")
     assert line.rstrip().endswith("plain data only")  # the sentence is whole, not cut at 120 characters
+
+
+# ---- value errors name what was typed ------------------------------------------------------
+@pytest.mark.parametrize("args, needle", [
+    (["--epochs", "0"], "--epochs (train.epochs): Input should be greater than or equal to 1"),
+    (["--split", "val", "--lr", "-1"], "--lr (optim.lr):"),
+    (["--img-size", "4"], "--img-size (data.img_size):"),
+    (["--set", "optim.momentum=2"], "--set optim.momentum (optim.momentum):"),
+])
+def test_value_errors_name_the_option_as_typed(args: list[str], needle: str) -> None:
+    _one_line(CliRunner().invoke(app, ["train", *args]), needle)
+
+
+def test_a_bad_value_in_the_yaml_still_names_the_file(tmp_path: Path) -> None:
+    f = tmp_path / "c.yaml"
+    f.write_text("train:\n  epochs: 0\n")
+    line = _one_line(CliRunner().invoke(app, ["train", "--config", str(f), "--lr", "0.1"]), f"{f}: train.epochs")
+    assert "--epochs" not in line

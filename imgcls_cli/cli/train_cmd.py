@@ -51,6 +51,18 @@ def _parse_set(items: list[str]) -> dict[str, Any]:
     return res
 
 
+def _typed_options(values: dict[str, Any], sets: dict[str, Any]) -> dict[str, str]:
+    """Dotted config path -> the option as the user typed it (`--epochs`, `--set optim.momentum`), for errors."""
+    import click
+
+    ctx = click.get_current_context(silent=True)
+    spelled = {p.name: p.opts[0] for p in (ctx.command.params if ctx else []) if p.opts}
+    typed = {OPTION_PATHS[k]: spelled.get(k, "--" + k.replace("_", "-"))
+             for k, v in values.items() if k in OPTION_PATHS and v is not None}
+    typed.update({k: f"--set {k}" for k in sets})
+    return typed
+
+
 def _base_for_resume(resume: str, ov: dict[str, Any]) -> dict[str, Any]:
     """A resumed run starts from the checkpoint's own config (options given now override it)."""
     from types import SimpleNamespace
@@ -135,14 +147,16 @@ def train_command(
         except ValueError:
             raise ImgclsError(f"--milestones {milestones!r}: expected comma-separated epochs, e.g. 120,160") from None
     ov = overrides_from(OPTION_PATHS, values)
-    ov.update(_parse_set(set_ or []))
+    sets = _parse_set(set_ or [])
+    ov.update(sets)
+    typed = _typed_options(values, sets)
     base = _base_for_resume(resume, ov) if resume and config is None else None
     if base is not None:
         for k, v in ov.items():
             _set_dotted(base, k, v)
-        cfg = config_from_dict(base, source=f"--resume {resume}")
+        cfg = config_from_dict(base, source=f"--resume {resume}", options=typed)
     else:
-        cfg = build_config(config, ov)
+        cfg = build_config(config, ov, typed)
     if cfg.train.devices > 1:
         from ..engine.launch import maybe_launch
 
