@@ -253,6 +253,21 @@ class Config(Frozen):
         data = dict(data) if isinstance(data, dict) else data.model_dump()
         return {**d, "data": {**data, "sampler": default}}
 
+    @model_validator(mode="before")
+    @classmethod
+    def _loss_head(cls, d: Any) -> Any:
+        """ArcFace (also as center loss's classifier) trains on cosine logits, so a linear head is built as the
+        cosine one; resolving it here makes config.yaml, `imgcls stats` and the checkpoint say what was built."""
+        if not isinstance(d, dict) or not isinstance(d.get("loss"), (dict, LossConfig)):
+            return d
+        loss = d["loss"] if isinstance(d["loss"], dict) else d["loss"].model_dump()
+        arc = loss.get("name") == "arcface" or (loss.get("name") == "center" and loss.get("center_on") == "arcface")
+        model = d.get("model") or {}
+        model = model if isinstance(model, dict) else model.model_dump()
+        if not arc or model.get("head", "linear") != "linear":
+            return d
+        return {**d, "model": {**model, "head": "cosine"}}
+
     @model_validator(mode="after")
     def _combinations(self) -> Config:
         mixing = self.aug.mixup > 0 or self.aug.cutmix > 0

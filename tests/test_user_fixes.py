@@ -203,3 +203,38 @@ def test_a_bad_value_in_the_yaml_still_names_the_file(tmp_path: Path) -> None:
     f.write_text("train:\n  epochs: 0\n")
     line = _one_line(CliRunner().invoke(app, ["train", "--config", str(f), "--lr", "0.1"]), f"{f}: train.epochs")
     assert "--epochs" not in line
+
+
+# ---- the resolved head -----------------------------------------------------------------------
+@pytest.mark.parametrize("loss", [{"loss.name": "arcface"}, {"loss.name": "center", "loss.center_on": "arcface"}])
+def test_arcface_config_states_the_cosine_head_it_builds(loss: dict[str, str], tmp_path: Path) -> None:
+    import yaml
+
+    import imgcls_cli as ic
+    from imgcls_cli.config import build_config
+
+    assert build_config(None, loss).model.head == "cosine"
+    assert build_config(None, {**loss, "model.head": "linear"}).model.head == "cosine"  # old configs load as built
+    res = ic.train(**quick_overrides(**loss, **{"data.img_size": 16, "train.steps_per_epoch": 1,
+                                                "train.out": str(tmp_path / "r")}))
+    assert yaml.safe_load((res.run_dir / "config.yaml").read_text())["model"]["head"] == "cosine"
+    r = CliRunner().invoke(app, ["stats", str(res.run_dir / "best.pt"), "--runs", "1"])
+    assert r.exit_code == 0, r.output
+    assert "head: linear" not in r.output and "cosine" in r.output, r.output
+
+
+def test_an_arcface_run_saved_with_head_linear_still_resumes(tmp_path: Path) -> None:
+    import torch
+
+    import imgcls_cli as ic
+    from imgcls_cli.engine.checkpoint import atomic_save, read_checkpoint
+
+    over = quick_overrides(**{"loss.name": "arcface", "data.img_size": 16, "train.steps_per_epoch": 1,
+                              "train.out": str(tmp_path / "r")})
+    ic.train(**over)
+    st = read_checkpoint(tmp_path / "r" / "last.pt")
+    st["config"]["model"]["head"] = "linear"  # as written before the head was resolved in the config
+    st.pop("digest")
+    atomic_save(st, tmp_path / "r" / "last.pt")
+    res = ic.train(**{**over, "train.epochs": 2, "train.resume": str(tmp_path / "r" / "last.pt")})
+    assert res.epochs_run == 2 and isinstance(torch.load(tmp_path / "r" / "last.pt", weights_only=True), dict)

@@ -155,6 +155,12 @@ def check_resumable(st: dict[str, Any] | None, cfg: Any, class_names: list[str],
     if st is None:
         return
     saved = st.get("config") or {}
+    try:  # resolved as configs are now (an older ArcFace run saved head: linear for its cosine head)
+        from ..config import config_from_dict
+
+        saved = config_from_dict(saved).to_dict()
+    except ImgclsError:
+        pass
     now = cfg.to_dict()
     shape = [k for k in now["model"] if k not in ("pretrained", "weights")]  # those only initialise a new run
     for section, keys in (("model", shape), ("train", ["method"])):
