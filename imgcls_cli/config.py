@@ -306,6 +306,12 @@ class Config(Frozen):
                 if given:
                     raise ValueError(f"data.decode=device does random-resized crop and flip only; {what} needs the"
                                      f" worker path (valid: {valid}, or data.decode=workers)")
+        if self.optim.warmup_epochs > 0 and self.optim.warmup_epochs >= self.train.epochs:
+            raise ValueError(f"--warmup-epochs {self.optim.warmup_epochs:g} (optim.warmup_epochs): must be below"
+                             f" --epochs {self.train.epochs}, or the run never leaves the warm-up")
+        if self.train.freeze_backbone_epochs > self.train.epochs:
+            raise ValueError(f"--freeze-backbone-epochs {self.train.freeze_backbone_epochs}"
+                             f" (train.freeze_backbone_epochs): at most --epochs {self.train.epochs}")
         if self.optim.schedule == "multistep" and not self.optim.milestones:
             raise ValueError("optim.milestones: --schedule multistep needs at least one milestone epoch")
         return self

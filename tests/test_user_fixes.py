@@ -238,3 +238,20 @@ def test_an_arcface_run_saved_with_head_linear_still_resumes(tmp_path: Path) -> 
     atomic_save(st, tmp_path / "r" / "last.pt")
     res = ic.train(**{**over, "train.epochs": 2, "train.resume": str(tmp_path / "r" / "last.pt")})
     assert res.epochs_run == 2 and isinstance(torch.load(tmp_path / "r" / "last.pt", weights_only=True), dict)
+
+
+# ---- schedules longer than the run -----------------------------------------------------------
+@pytest.mark.parametrize("args, needle", [
+    (["--warmup-epochs", "20", "--epochs", "10"], "--warmup-epochs 20"),
+    (["--warmup-epochs", "10", "--epochs", "10"], "--warmup-epochs 10"),
+    (["--freeze-backbone-epochs", "11", "--epochs", "10"], "--freeze-backbone-epochs 11"),
+])
+def test_warmup_or_freeze_longer_than_the_run_is_refused(args: list[str], needle: str) -> None:
+    _one_line(CliRunner().invoke(app, ["train", *args]), needle, "--epochs 10")
+
+
+def test_warmup_and_freeze_within_the_run_are_accepted() -> None:
+    from imgcls_cli.config import build_config
+
+    cfg = build_config(None, {"optim.warmup_epochs": 9.5, "train.freeze_backbone_epochs": 10, "train.epochs": 10})
+    assert cfg.optim.warmup_epochs == 9.5
