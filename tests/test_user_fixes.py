@@ -255,3 +255,17 @@ def test_warmup_and_freeze_within_the_run_are_accepted() -> None:
 
     cfg = build_config(None, {"optim.warmup_epochs": 9.5, "train.freeze_backbone_epochs": 10, "train.epochs": 10})
     assert cfg.optim.warmup_epochs == 9.5
+
+
+# ---- cRT takes its architecture from stage 1 ---------------------------------------------------
+def test_crt_takes_the_architecture_from_the_stage1_checkpoint(tiny_run: tuple[Path, Path], tmp_path: Path) -> None:
+    import yaml
+
+    run, data = tiny_run  # stage 1: resnet20, not the default resnet18
+    args = ["train", "--method", "crt", "--init-from", str(run), "--data", str(data), "--img-size", "16",
+            "--epochs", "1", "--workers", "0", "--device", "cpu", "--no-progress"]
+    r = CliRunner().invoke(app, [*args, "--out", str(tmp_path / "s2")])
+    assert r.exit_code == 0, r.output
+    assert yaml.safe_load((tmp_path / "s2" / "config.yaml").read_text())["model"]["backbone"] == "resnet20"
+    _one_line(CliRunner().invoke(app, [*args, "--backbone", "resnet18", "--out", str(tmp_path / "s3")]),
+              "model.backbone='resnet20'", "must match")
