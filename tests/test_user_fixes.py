@@ -269,3 +269,14 @@ def test_crt_takes_the_architecture_from_the_stage1_checkpoint(tiny_run: tuple[P
     assert yaml.safe_load((tmp_path / "s2" / "config.yaml").read_text())["model"]["backbone"] == "resnet20"
     _one_line(CliRunner().invoke(app, [*args, "--backbone", "resnet18", "--out", str(tmp_path / "s3")]),
               "model.backbone='resnet20'", "must match")
+
+
+# ---- packaging noise -------------------------------------------------------------------------
+def test_pyproject_licence_is_an_spdx_string_for_setuptools_77() -> None:
+    """license = { text = ... } printed setuptools' licence-deprecation banner at every install."""
+    import tomllib
+
+    meta = tomllib.loads((Path(__file__).resolve().parents[1] / "pyproject.toml").read_text())
+    assert meta["project"]["license"] == "MIT"
+    assert "setuptools>=77" in meta["build-system"]["requires"]  # the first that reads an SPDX expression
+    assert not any(c.startswith("License ::") for c in meta["project"].get("classifiers", []))
