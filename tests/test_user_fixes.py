@@ -280,3 +280,17 @@ def test_pyproject_licence_is_an_spdx_string_for_setuptools_77() -> None:
     assert meta["project"]["license"] == "MIT"
     assert "setuptools>=77" in meta["build-system"]["requires"]  # the first that reads an SPDX expression
     assert not any(c.startswith("License ::") for c in meta["project"].get("classifiers", []))
+
+
+def test_readme_parameter_counts_are_what_build_model_gives() -> None:
+    """The README said ResNet-50 + CBAM is 28.07 M; build_model gives 28.09 M."""
+    import re
+
+    import imgcls_cli as ic
+
+    text = (Path(__file__).resolve().parents[1] / "README.md").read_text()
+    for label, attn in (("SE-ResNet-50", "se"), ("ResNet-50 + CBAM", "cbam")):
+        m = re.search(re.escape(label) + r" (\d+\.\d\d) M", text)
+        assert m, label
+        n = sum(p.numel() for p in ic.build_model("resnet50", 1000, attn=attn).parameters())
+        assert f"{n / 1e6:.2f}" == m.group(1), (label, n)
