@@ -294,3 +294,55 @@ def test_readme_parameter_counts_are_what_build_model_gives() -> None:
         assert m, label
         n = sum(p.numel() for p in ic.build_model("resnet50", 1000, attn=attn).parameters())
         assert f"{n / 1e6:.2f}" == m.group(1), (label, n)
+
+
+# ---- activation maps ---------------------------------------------------------------------------
+def _png(path: Path, size: int = 32) -> Path:
+    import numpy as np
+    from PIL import Image
+
+    rng = np.random.default_rng(0)
+    Image.fromarray(rng.integers(0, 255, (size, size, 3), dtype=np.uint8)).save(path)
+    return path
+
+
+def _notes(r) -> list[str]:
+    return [ln for ln in r.output.splitlines() if ln.startswith("note:")]
+
+
+def test_cam_says_when_the_layer_is_too_coarse_and_which_would_do(tmp_path: Path) -> None:
+    """ResNet-18 at 32 px: layer4 is 1x1 (the quick start's flat square), layer3 2x2, layer2 4x4."""
+    ckpt = make_checkpoint(tmp_path / "c.pt", names=["a", "b"], **{"model.backbone": "resnet18"})
+    img = _png(tmp_path / "x.png")
+    r = CliRunner().invoke(app, ["cam", str(img), "-c", str(ckpt), "--out", str(tmp_path / "o"), "--device", "cpu"])
+    assert r.exit_code == 0, r.output
+    notes = _notes(r)
+    assert len(notes) == 1 and "--layer layer4" in notes[0] and "1x1" in notes[0], r.output
+    assert "--layer layer2 gives a finer map" in notes[0]
+    r = CliRunner().invoke(app, ["cam", str(img), "-c", str(ckpt), "--out", str(tmp_path / "o"), "--device", "cpu",
+                                 "--layer", "layer2"])
+    assert r.exit_code == 0 and not _notes(r), r.output
+
+
+def test_cam_explains_an_all_zero_map_of_the_other_class(tmp_path: Path) -> None:
+    """Two classes with opposite classifier rows (what training gives): Grad-CAM of the second is ReLU(-map)."""
+    import torch
+
+    from imgcls_cli.engine.checkpoint import atomic_save, read_checkpoint
+
+    ckpt = make_checkpoint(tmp_path / "c.pt", names=["cat", "dog"])  # resnet20: layer3 is 8x8 at 32 px
+    st = read_checkpoint(ckpt)
+    w = st["model"]["fc.weight"].abs()  # (2, 64): features are >= 0 after the last ReLU, so class 0's map is >= 0
+    st["model"]["fc.weight"] = torch.stack([w[0], -w[0]])
+    st.pop("digest")
+    atomic_save(st, ckpt)
+    r = CliRunner().invoke(app, ["cam", str(_png(tmp_path / "x.png")), "-c", str(ckpt), "--topk", "2",
+                                 "--out", str(tmp_path / "o"), "--device", "cpu", "--save-raw"])
+    assert r.exit_code == 0, r.output
+    import numpy as np
+
+    raws = sorted((tmp_path / "o").glob("*.npy"))
+    empty = [p for p in raws if not np.load(p).any()]
+    assert len(raws) == 2 and len(empty) == 1, raws
+    notes = _notes(r)
+    assert len(notes) == 1 and "all zero" in notes[0] and "'dog'" in notes[0], r.output

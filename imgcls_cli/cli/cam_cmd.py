@@ -68,8 +68,13 @@ def cam_command(
         table.add_column(col)
     panels: list[tuple[np.ndarray, str]] = []
     used: set[str] = set()
+    said: set[str] = set()
     for f in files:
         ex = explain_file(f, ckpt, method, classes, topk, layer, dev)
+        for note in ex.notes():
+            if note not in said:  # the layer note is the same for every image: once
+                said.add(note)
+                console.print(f"[yellow]note:[/yellow] {note}", highlight=False, soft_wrap=True)
         stem, i = f.stem, 2
         while stem.casefold() in used:  # photo.JPG and photo.png: one file on macOS / Windows file systems
             stem, i = f"{f.stem}-{i}", i + 1
