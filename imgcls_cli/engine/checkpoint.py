@@ -128,8 +128,9 @@ def safe_load(path: str | Path, option: str = "checkpoint") -> Any:
         raise CheckpointError(f"{option} {p}: corrupt (a length field asks for more memory than exists)") from None
     except pickle.UnpicklingError as e:
         if "Weights only load failed" in str(e):
+            why = _unsafe_reason(str(e))
             raise CheckpointError(f"{option} {p}: refused, it holds pickled Python objects that could run code when"
-                                  f" loaded ({_unsafe_reason(str(e))}); imgcls loads tensors and plain data only") from None
+                                  f" loaded ({why}); imgcls loads tensors and plain data only") from None
         first = str(e).strip().splitlines()[0] if str(e).strip() else ""
         raise CheckpointError(f"{option} {p}: corrupt or not a PyTorch file ({first[:120]})") from None
     except Exception as e:  # any other failure of a damaged file (RuntimeError, EOFError, KeyError, ...)
