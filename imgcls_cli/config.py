@@ -214,7 +214,8 @@ class TrainConfig(Frozen):
     runs_dir: str = "runs"
     name: str | None = None
     resume: str | None = Field(None, description="checkpoint or run directory, or 'auto'")
-    keep_checkpoints: int = Field(2, ge=1, description="epoch checkpoints kept besides last/best")
+    keep_checkpoints: int = Field(0, ge=0, description="epoch_NNN.pt files (full resume state) kept besides last.pt"
+                                  " (resume state) and best.pt (weights only); 0 = none")
     eval_every: int = Field(1, ge=1)
     log_every: int = Field(10, ge=1)
     max_bad_steps: int = Field(5, ge=1, description="stop after this many consecutive non-finite steps")
@@ -268,6 +269,21 @@ class Config(Frozen):
         data = dict(data) if isinstance(data, dict) else data.model_dump()
         return {**d, "data": {**data, "sampler": default}}
 
+    @model_validator(mode="before")
+    @classmethod
+    def _loss_head(cls, d: Any) -> Any:
+        """ArcFace (also as center loss's classifier) trains on cosine logits, so a linear head is built as the
+        cosine one; resolving it here makes config.yaml, `imgcls stats` and the checkpoint say what was built."""
+        if not isinstance(d, dict) or not isinstance(d.get("loss"), (dict, LossConfig)):
+            return d
+        loss = d["loss"] if isinstance(d["loss"], dict) else d["loss"].model_dump()
+        arc = loss.get("name") == "arcface" or (loss.get("name") == "center" and loss.get("center_on") == "arcface")
+        model = d.get("model") or {}
+        model = model if isinstance(model, dict) else model.model_dump()
+        if not arc or model.get("head", "linear") != "linear":
+            return d
+        return {**d, "model": {**model, "head": "cosine"}}
+
     @model_validator(mode="after")
     def _combinations(self) -> Config:
         mixing = self.aug.mixup > 0 or self.aug.cutmix > 0
@@ -310,6 +326,12 @@ class Config(Frozen):
                 if given:
                     raise ValueError(f"data.decode=device does random-resized crop and flip only; {what} needs the"
                                      f" worker path (valid: {valid}, or data.decode=workers)")
+        if self.optim.warmup_epochs > 0 and self.optim.warmup_epochs >= self.train.epochs:
+            raise ValueError(f"--warmup-epochs {self.optim.warmup_epochs:g} (optim.warmup_epochs): must be below"
+                             f" --epochs {self.train.epochs}, or the run never leaves the warm-up")
+        if self.train.freeze_backbone_epochs > self.train.epochs:
+            raise ValueError(f"--freeze-backbone-epochs {self.train.freeze_backbone_epochs}"
+                             f" (train.freeze_backbone_epochs): at most --epochs {self.train.epochs}")
         if self.optim.schedule == "multistep" and not self.optim.milestones:
             raise ValueError("optim.milestones: --schedule multistep needs at least one milestone epoch")
         return self
@@ -344,8 +366,11 @@ def _set_dotted(d: dict[str, Any], key: str, value: Any) -> None:
     node[parts[-1]] = value
 
 
-def format_validation_error(err: ValidationError, source: str = "config") -> str:
-    """One line: the field path and the reason of the first error (plus a count of the rest)."""
+def format_validation_error(err: ValidationError, source: str = "config",
+                            options: Mapping[str, str] | None = None) -> str:
+    """One line: the field path and the reason of the first error (plus a count of the rest).  `options` maps
+    the dotted paths the user set on the command line to what was typed (`train.epochs` -> `--epochs`), so
+    that the message names the option as well as the field."""
     errs = err.errors()
     first = errs[0]
     loc = ".".join(str(p) for p in first["loc"]) or "config"
@@ -355,16 +380,18 @@ def format_validation_error(err: ValidationError, source: str = "config") -> str
     more = f" (and {len(errs) - 1} more)" if len(errs) > 1 else ""
     if msg.startswith("--") and ": " in msg:  # the validator named the CLI option: "--attn (model.attn): ..."
         option, _, msg = msg.partition(": ")
-        loc = f"{option} ({loc})"
+        return f"{option} ({loc}): {msg}{more}"
+    if options and loc in options:  # a value typed on the command line, not read from `source`
+        return f"{options[loc]} ({loc}): {msg}{more}"
     prefix = "" if source == "options" else f"{source}: "
     return f"{prefix}{loc}: {msg}{more}"
 
 
-def config_from_dict(d: dict[str, Any], source: str = "config") -> Config:
+def config_from_dict(d: dict[str, Any], source: str = "config", options: Mapping[str, str] | None = None) -> Config:
     try:
         return Config.model_validate(d)
     except ValidationError as e:
-        raise ImgclsError(format_validation_error(e, source)) from None
+        raise ImgclsError(format_validation_error(e, source, options)) from None
 
 
 def read_config_file(path: str | Path, sections: str = "data, model, ...") -> dict[str, Any]:
@@ -381,7 +408,8 @@ def read_config_file(path: str | Path, sections: str = "data, model, ...") -> di
     return d
 
 
-def load_config(path: str | Path, overrides: dict[str, Any] | None = None) -> Config:
+def load_config(path: str | Path, overrides: dict[str, Any] | None = None,
+                options: Mapping[str, str] | None = None) -> Config:
     """Load a YAML config file; `overrides` maps dotted paths to values (the CLI options)."""
     p = Path(path)
     d = read_config_file(p)
@@ -389,7 +417,7 @@ def load_config(path: str | Path, overrides: dict[str, Any] | None = None) -> Co
         d = _with_overrides(d, overrides)
     except ImgclsError as e:
         raise ImgclsError(f"{p}: {e}") from None
-    return config_from_dict(d, source=str(p))
+    return config_from_dict(d, source=str(p), options=options)
 
 
 def _with_overrides(sections: Mapping[str, Any], overrides: dict[str, Any] | None) -> dict[str, Any]:
@@ -401,10 +429,11 @@ def _with_overrides(sections: Mapping[str, Any], overrides: dict[str, Any] | Non
 
 
 def build_config(config: str | Path | Mapping[str, Any] | None = None,
-                 overrides: dict[str, Any] | None = None) -> Config:
-    """A Config from a YAML file, a dict of sections (as in a YAML recipe) or nothing, plus dotted overrides."""
+                 overrides: dict[str, Any] | None = None, options: Mapping[str, str] | None = None) -> Config:
+    """A Config from a YAML file, a dict of sections (as in a YAML recipe) or nothing, plus dotted overrides;
+    `options` (dotted path -> the option as typed) lets errors in an override name the option."""
     if isinstance(config, Mapping):
-        return config_from_dict(_with_overrides(config, overrides), source="config")
+        return config_from_dict(_with_overrides(config, overrides), source="config", options=options)
     if config is not None:
-        return load_config(config, overrides)
-    return config_from_dict(_with_overrides({}, overrides), source="options")
+        return load_config(config, overrides, options)
+    return config_from_dict(_with_overrides({}, overrides), source="options", options=options)

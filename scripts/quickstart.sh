@@ -16,5 +16,6 @@ xte, yte = splits["test"]
 Image.fromarray(xte[0]).resize((128, 128), Image.NEAREST).save(sys.argv[1])
 print(f"wrote {sys.argv[1]} (a '{yte[0]}')")
 PY
-.venv/bin/imgcls cam "$RUN/digit.png" --method gradcam --out "$RUN/cam"
+# ResNet-18 at 32 px: layer4 is 1x1 (one flat cell) and layer3 2x2; layer2's 4x4 map shows where the evidence is
+.venv/bin/imgcls cam "$RUN/digit.png" --method gradcam --layer layer2 --out "$RUN/cam"
 echo "run directory: $RUN  (metrics.jsonl, best.pt, eval.json, confusion.png, cam/)"

@@ -86,6 +86,7 @@ class Trainer:
             torch.cuda.set_device(self.device)
         setup_backends(self.device, cfg.train.deterministic, cfg.train.fuse_attention)
         torch.manual_seed(cfg.train.seed)
+        cfg = task_class(cfg).resolve_config(cfg)  # before anything reads cfg.model (cRT/LWS: stage 1's model)
         self.resume_from, self.resume_state = resume_checkpoint(cfg)
         cfg, bundle = open_and_resolve(cfg, self.device)
         check_resumable(self.resume_state, cfg, bundle.class_names, self.resume_from)

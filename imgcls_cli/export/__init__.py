@@ -40,6 +40,7 @@ class Exporter(ABC):
     """One export format: write the file, and load it back as a numpy-in, numpy-out runner."""
 
     suffix = ""
+    opsets: range | None = None  # the ONNX opset versions the format writes; None: it takes no --opset
 
     @abstractmethod
     def export(self, model: nn.Module, example: torch.Tensor, out: Path, meta: dict[str, str],
@@ -68,6 +69,17 @@ class ExportReport:
 
 def _load_formats() -> None:
     from . import onnx, torchscript  # noqa: F401  (registration side effects)
+
+
+def check_opset(fmt: str, exporter: Exporter, opset: int | None) -> None:
+    """Refuse an --opset the format does not take or cannot write, before any work is done."""
+    if opset is None:
+        return
+    if exporter.opsets is None:
+        raise ImgclsError(f"--opset: only applies to --format onnx (got --format {fmt})")
+    if opset not in exporter.opsets:
+        raise ImgclsError(f"--opset {opset}: not an opset --format {fmt} can write; valid:"
+                          f" {exporter.opsets.start}..{exporter.opsets.stop - 1}")
 
 
 def check_exportable(task_cls: type, method: str) -> None:
@@ -117,6 +129,7 @@ def export_model(model: nn.Module, fmt: str, out: str | Path, *, img_size: int, 
     """Export `model.forward` (eval mode, CPU, float32) and verify it at batch sizes 1, 2, 7."""
     _load_formats()
     exporter = FORMATS.get(fmt)
+    check_opset(fmt, exporter, opset)
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
     model = copy.deepcopy(model).cpu().float().eval()
@@ -149,6 +162,7 @@ def export_checkpoint(path: str | Path, fmt: str = "onnx", out: str | Path | Non
 
     _load_formats()
     exporter = FORMATS.get(fmt)
+    check_opset(fmt, exporter, opset)
     ckpt = load_checkpoint(path, "cpu")
     cfg = ckpt.config
     check_exportable(task_class(cfg), cfg.train.method)

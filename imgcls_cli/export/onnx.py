@@ -22,6 +22,8 @@ from ..models.build import set_submodule
 from . import FORMATS, Exporter
 
 DEFAULT_OPSET = 17
+# the TorchScript-based exporter writes opsets 7..20 (torch.onnx._constants); onnxruntime runs 7 and up
+MIN_OPSET, MAX_OPSET = 7, 20
 
 
 def pool_matrix(n_in: int, n_out: int) -> torch.Tensor:
@@ -84,6 +86,7 @@ class ImagesOnly(nn.Module):
 
 class OnnxExporter(Exporter):
     suffix = ".onnx"
+    opsets = range(MIN_OPSET, MAX_OPSET + 1)
 
     def export(self, model: nn.Module, example: torch.Tensor, out: Path, meta: dict[str, str],
                opset: int | None) -> None:
@@ -94,7 +97,7 @@ class OnnxExporter(Exporter):
         torch.onnx.export(ImagesOnly(model).eval(), (example,), str(out), dynamo=False, input_names=["images"],
                           output_names=["logits"],
                           dynamic_axes={"images": {0: "batch"}, "logits": {0: "batch"}},
-                          opset_version=opset or DEFAULT_OPSET, do_constant_folding=True)
+                          opset_version=DEFAULT_OPSET if opset is None else opset, do_constant_folding=True)
         proto = onnx.load(str(out))
         for k, v in meta.items():
             entry = proto.metadata_props.add()
