@@ -326,12 +326,6 @@ class Config(Frozen):
                 if given:
                     raise ValueError(f"data.decode=device does random-resized crop and flip only; {what} needs the"
                                      f" worker path (valid: {valid}, or data.decode=workers)")
-        if self.optim.warmup_epochs > 0 and self.optim.warmup_epochs >= self.train.epochs:
-            raise ValueError(f"--warmup-epochs {self.optim.warmup_epochs:g} (optim.warmup_epochs): must be below"
-                             f" --epochs {self.train.epochs}, or the run never leaves the warm-up")
-        if self.train.freeze_backbone_epochs > self.train.epochs:
-            raise ValueError(f"--freeze-backbone-epochs {self.train.freeze_backbone_epochs}"
-                             f" (train.freeze_backbone_epochs): at most --epochs {self.train.epochs}")
         if self.optim.schedule == "multistep" and not self.optim.milestones:
             raise ValueError("optim.milestones: --schedule multistep needs at least one milestone epoch")
         return self
@@ -349,6 +343,46 @@ class Config(Frozen):
         for key, value in dotted.items():
             _set_dotted(d, key, value)
         return config_from_dict(d)
+
+
+def _schedule_overruns(cfg: Config) -> list[tuple[str, str, str, str]]:
+    """(dotted path, its value, the bound on train.epochs, what happens) for a warm-up as long as the run and a
+    backbone freeze longer than it."""
+    found = []
+    if cfg.optim.warmup_epochs > 0 and cfg.optim.warmup_epochs >= cfg.train.epochs:
+        found.append(("optim.warmup_epochs", f"{cfg.optim.warmup_epochs:g}", "must be below",
+                      "the run never leaves the warm-up"))
+    if cfg.train.freeze_backbone_epochs > cfg.train.epochs:
+        found.append(("train.freeze_backbone_epochs", str(cfg.train.freeze_backbone_epochs), "must be at most",
+                      "the freeze outlasts the run"))
+    return found
+
+
+def check_schedule(cfg: Config, given: Mapping[str, str]) -> None:
+    """Refuse a warm-up not below train.epochs, or a backbone freeze longer than the run, where the user gave that
+    value: `given` maps the dotted paths set explicitly (typed options, API overrides, a sweep's cell) to how they
+    were given (`--warmup-epochs`, `--set optim.warmup_epochs`, or the path itself).  A value that came from a
+    recipe or a saved config while only the run was shortened (`--config cifar10_lt_ce.yaml --epochs 1`, a smoke
+    test) is not refused: the run goes ahead with it and `schedule_notes` says so."""
+    for path, value, bound, what in _schedule_overruns(cfg):
+        if path not in given:
+            continue
+        opt = given[path]
+        name = f"{opt}={value}" if opt.startswith("--set ") else f"{opt} {value}"
+        if opt != path:
+            name += f" ({path})"
+        ep = given.get("train.epochs")
+        epochs = (f"--set train.epochs={cfg.train.epochs}" if ep.startswith("--set ") else f"{ep} {cfg.train.epochs}"
+                  ) if ep else f"train.epochs {cfg.train.epochs} (give --epochs to lengthen the run)"
+        raise ImgclsError(f"{name}: {bound} {epochs}, or {what}")
+
+
+def schedule_notes(cfg: Config) -> list[str]:
+    """One line each for a recipe's warm-up or backbone freeze that the run's epochs no longer leave room for."""
+    said = {"optim.warmup_epochs": ("is not below", "the whole run is warm-up", "--warmup-epochs"),
+            "train.freeze_backbone_epochs": ("is more than", "the backbone never trains", "--freeze-backbone-epochs")}
+    return [f"{path} {value} {said[path][0]} train.epochs {cfg.train.epochs}: {said[path][1]} (the recipe's value,"
+            f" kept; give {said[path][2]} to change it)" for path, value, _, _ in _schedule_overruns(cfg)]
 
 
 def _set_dotted(d: dict[str, Any], key: str, value: Any) -> None:

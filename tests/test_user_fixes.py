@@ -257,6 +257,52 @@ def test_warmup_and_freeze_within_the_run_are_accepted() -> None:
     assert cfg.optim.warmup_epochs == 9.5
 
 
+@pytest.mark.parametrize("args, needles", [
+    (["--warmup-epochs", "20"], ["--warmup-epochs 20 (optim.warmup_epochs)", "train.epochs 10", "--epochs"]),
+    (["--set", "optim.warmup_epochs=20", "--epochs", "10"], ["--set optim.warmup_epochs=20", "--epochs 10"]),
+    (["--freeze-backbone-epochs", "11", "--set", "train.epochs=10"],
+     ["--freeze-backbone-epochs 11", "--set train.epochs=10"]),
+])
+def test_a_typed_warmup_or_freeze_the_run_has_no_room_for_is_refused(args: list[str], needles: list[str]) -> None:
+    """Whatever gave the run's length (the default 10 epochs, --set), the value typed is what cannot fit."""
+    _one_line(CliRunner().invoke(app, ["train", *args]), *needles)
+
+
+def test_api_overrides_are_refused_as_typed_options_are() -> None:
+    import imgcls_cli as ic
+    from imgcls_cli.errors import ImgclsError
+
+    with pytest.raises(ImgclsError, match=r"optim.warmup_epochs 5: must be below train.epochs 2"):
+        ic.train(**quick_overrides(**{"optim.warmup_epochs": 5.0, "train.epochs": 2}))
+
+
+@pytest.mark.parametrize("field, option", [("optim.warmup_epochs", "optim.warmup_epochs 5"),
+                                           ("train.freeze_backbone_epochs", "train.freeze_backbone_epochs 5")])
+def test_a_recipes_warmup_or_freeze_does_not_refuse_a_shortened_run(field: str, option: str, tmp_path: Path) -> None:
+    """`--config RECIPE --epochs 1` (a smoke test of a 200-epoch recipe) runs with the recipe's value and one
+    warning line naming it; the run's config.yaml says what ran, and its checkpoint loads again."""
+    import yaml
+
+    import imgcls_cli as ic
+
+    data = make_folder_dataset(tmp_path / "data", size=16)
+    recipe = tmp_path / "recipe.yaml"
+    sections: dict = {"train": {"epochs": 200}, "optim": {}}
+    sections[field.split(".")[0]][field.split(".")[1]] = 5
+    recipe.write_text(yaml.safe_dump(sections))
+    r = CliRunner().invoke(app, ["train", "--config", str(recipe), "--epochs", "1", "--data", str(data),
+                                 "--backbone", "resnet20", "--img-size", "16", "--workers", "0", "--device", "cpu",
+                                 "--no-progress", "--set", "data.select_split=none", "--out", str(tmp_path / "r")])
+    assert r.exit_code == 0, r.output
+    warned = [ln for ln in r.output.splitlines() if option in ln]
+    assert len(warned) == 1 and "warning" in warned[0] and "train.epochs 1" in warned[0], r.output
+    saved = yaml.safe_load((tmp_path / "r" / "config.yaml").read_text())
+    assert saved["train"]["epochs"] == 1
+    assert (saved["optim"]["warmup_epochs"], saved["train"]["freeze_backbone_epochs"]) == (
+        (5, 0) if field.startswith("optim") else (0, 5))
+    assert ic.load_checkpoint(str(tmp_path / "r")).config.train.epochs == 1
+
+
 # ---- cRT takes its architecture from stage 1 ---------------------------------------------------
 def test_crt_takes_the_architecture_from_the_stage1_checkpoint(tiny_run: tuple[Path, Path], tmp_path: Path) -> None:
     import yaml

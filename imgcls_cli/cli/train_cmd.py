@@ -141,7 +141,7 @@ def train_command(
     set_: list[str] = typer.Option(None, "--set", help="Any config field: --set optim.momentum=0.95 (repeatable)."),
 ) -> None:
     """Train a model.  With no options: ResNet-18 on the built-in digits data, about a minute on a CPU."""
-    from ..config import _set_dotted, build_config, config_from_dict
+    from ..config import _set_dotted, build_config, check_schedule, config_from_dict
     from ..errors import ImgclsError
 
     values = dict(locals())
@@ -164,6 +164,7 @@ def train_command(
         cfg = config_from_dict(base, source=f"--resume {resume}", options=typed)
     else:
         cfg = build_config(config, ov, typed)
+    check_schedule(cfg, typed)  # a warm-up / freeze typed now that the run has no room for; a recipe's is noted
     if cfg.train.devices > 1:
         from ..engine.launch import maybe_launch
 

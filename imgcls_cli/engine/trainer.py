@@ -24,7 +24,7 @@ from typing import Any
 
 import torch
 
-from ..config import Config
+from ..config import Config, schedule_notes
 from ..errors import ImgclsError
 from ..methods import task_class
 from . import distributed as dist
@@ -101,7 +101,7 @@ class Trainer:
 
         for line in log_messages if dist.is_main() else []:
             self.console.print(f"[dim]weights: {line}[/dim]")
-        for line in bundle.notes if dist.is_main() else []:
+        for line in [*bundle.notes, *schedule_notes(cfg)] if dist.is_main() else []:
             self.console.print(f"[yellow]warning:[/yellow] {line}", highlight=False, soft_wrap=True)
         place_model(model, cfg.train, self.device)
         self.model = model  # unwrapped: what checkpoints hold
