@@ -133,12 +133,18 @@ def parse_class(value: str, class_names: list[str]) -> int:
 
 def preprocess(image: np.ndarray, ckpt: Checkpoint, device: torch.device) -> tuple[torch.Tensor, tuple[int, ...]]:
     """uint8 (H, W, 3) -> (normalised (1, 3, S, S) as in evaluation, crop box (y0, x0, y1, x1) in the image)."""
+    from types import SimpleNamespace
+
     import albumentations as A
     import cv2
 
+    from ..data.transforms import eval_crop_pct
+
     cfg = ckpt.config
     size = cfg.data.img_size or 224
-    short = int(round(size / cfg.aug.eval_crop_pct))
+    # a trained run's config holds the resolved crop; one built without data (aug.eval_crop_pct None) gets the
+    # default evaluation would give it at this size
+    short = int(round(size / eval_crop_pct(cfg, SimpleNamespace(img_size=size, aug_preset=None))))
     resized = A.SmallestMaxSize(max_size=short, interpolation=cv2.INTER_LINEAR)(image=image)["image"]  # eval resize
     rh, rw = resized.shape[:2]
     top, left = (rh - size) // 2, (rw - size) // 2  # albumentations CenterCrop's offsets
