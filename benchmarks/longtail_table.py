@@ -44,9 +44,10 @@ def main() -> None:
         ov: dict[str, Any] = {"data.path": str(DATA), "train.epochs": epochs, "train.out": str(out / name),
                               "train.device": args.device, "data.workers": args.workers, "train.progress": False,
                               "train.eval_every": epochs, **extra}
-        if cfg.optim.schedule == "multistep":  # scale the milestones and warm-up to the shortened run
+        # scale the warm-up (and milestones) to the shortened run: a warm-up as long as the run is refused
+        ov["optim.warmup_epochs"] = cfg.optim.warmup_epochs * epochs / cfg.train.epochs
+        if cfg.optim.schedule == "multistep":
             ov["optim.milestones"] = [max(1, round(m * epochs / cfg.train.epochs)) for m in cfg.optim.milestones]
-            ov["optim.warmup_epochs"] = cfg.optim.warmup_epochs * epochs / cfg.train.epochs
         t = time.perf_counter()
         res = ic.train(cfg.replace(**ov))
         times[name] = time.perf_counter() - t

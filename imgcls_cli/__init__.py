@@ -46,7 +46,7 @@ def train(config: Any = None, **overrides: Any):
     from collections.abc import Mapping
     from pathlib import Path
 
-    from .config import Config, build_config
+    from .config import Config, build_config, check_schedule
     from .engine.trainer import train as _train
     from .errors import ImgclsError
 
@@ -56,6 +56,7 @@ def train(config: Any = None, **overrides: Any):
         cfg = build_config(config, overrides)
     else:
         raise ImgclsError(f"config: expected a Config, a dict of sections or a YAML path, got {type(config).__name__}")
+    check_schedule(cfg, {k: k for k in overrides})  # the overrides are what the caller gave; a recipe's is noted
     if cfg.train.devices > 1 and "WORLD_SIZE" not in os.environ:
         raise ImgclsError(f"train.devices {cfg.train.devices}: train() runs in this one process; start several with"
                           f" `imgcls train --devices {cfg.train.devices}` or torchrun (docs/distributed.md)")

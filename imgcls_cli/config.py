@@ -221,7 +221,8 @@ class TrainConfig(Frozen):
     runs_dir: str = "runs"
     name: str | None = None
     resume: str | None = Field(None, description="checkpoint or run directory, or 'auto'")
-    keep_checkpoints: int = Field(2, ge=1, description="epoch checkpoints kept besides last/best")
+    keep_checkpoints: int = Field(0, ge=0, description="epoch_NNN.pt files (full resume state) kept besides last.pt"
+                                  " (resume state) and best.pt (weights only); 0 = none")
     eval_every: int = Field(1, ge=1)
     log_every: int = Field(10, ge=1)
     max_bad_steps: int = Field(5, ge=1, description="stop after this many consecutive non-finite steps")
@@ -279,6 +280,21 @@ class Config(Frozen):
             return d
         data = dict(data) if isinstance(data, dict) else data.model_dump()
         return {**d, "data": {**data, "sampler": default}}
+
+    @model_validator(mode="before")
+    @classmethod
+    def _loss_head(cls, d: Any) -> Any:
+        """ArcFace (also as center loss's classifier) trains on cosine logits, so a linear head is built as the
+        cosine one; resolving it here makes config.yaml, `imgcls stats` and the checkpoint say what was built."""
+        if not isinstance(d, dict) or not isinstance(d.get("loss"), (dict, LossConfig)):
+            return d
+        loss = d["loss"] if isinstance(d["loss"], dict) else d["loss"].model_dump()
+        arc = loss.get("name") == "arcface" or (loss.get("name") == "center" and loss.get("center_on") == "arcface")
+        model = d.get("model") or {}
+        model = model if isinstance(model, dict) else model.model_dump()
+        if not arc or model.get("head", "linear") != "linear":
+            return d
+        return {**d, "model": {**model, "head": "cosine"}}
 
     @model_validator(mode="after")
     def _combinations(self) -> Config:
@@ -341,6 +357,47 @@ class Config(Frozen):
         return config_from_dict(d)
 
 
+def _schedule_overruns(cfg: Config) -> list[tuple[str, str, str, str]]:
+    """(dotted path, its value, the bound on train.epochs, what happens) for a warm-up as long as the run and a
+    backbone freeze longer than it."""
+    found = []
+    warm = cfg.optim.warmup_epochs  # None: the default (engine/recipe.py), always a fraction of the run
+    if warm is not None and warm > 0 and warm >= cfg.train.epochs:
+        found.append(("optim.warmup_epochs", f"{cfg.optim.warmup_epochs:g}", "must be below",
+                      "the run never leaves the warm-up"))
+    if cfg.train.freeze_backbone_epochs > cfg.train.epochs:
+        found.append(("train.freeze_backbone_epochs", str(cfg.train.freeze_backbone_epochs), "must be at most",
+                      "the freeze outlasts the run"))
+    return found
+
+
+def check_schedule(cfg: Config, given: Mapping[str, str]) -> None:
+    """Refuse a warm-up not below train.epochs, or a backbone freeze longer than the run, where the user gave that
+    value: `given` maps the dotted paths set explicitly (typed options, API overrides, a sweep's cell) to how they
+    were given (`--warmup-epochs`, `--set optim.warmup_epochs`, or the path itself).  A value that came from a
+    recipe or a saved config while only the run was shortened (`--config cifar10_lt_ce.yaml --epochs 1`, a smoke
+    test) is not refused: the run goes ahead with it and `schedule_notes` says so."""
+    for path, value, bound, what in _schedule_overruns(cfg):
+        if path not in given:
+            continue
+        opt = given[path]
+        name = f"{opt}={value}" if opt.startswith("--set ") else f"{opt} {value}"
+        if opt != path:
+            name += f" ({path})"
+        ep = given.get("train.epochs")
+        epochs = (f"--set train.epochs={cfg.train.epochs}" if ep.startswith("--set ") else f"{ep} {cfg.train.epochs}"
+                  ) if ep else f"train.epochs {cfg.train.epochs} (give --epochs to lengthen the run)"
+        raise ImgclsError(f"{name}: {bound} {epochs}, or {what}")
+
+
+def schedule_notes(cfg: Config) -> list[str]:
+    """One line each for a recipe's warm-up or backbone freeze that the run's epochs no longer leave room for."""
+    said = {"optim.warmup_epochs": ("is not below", "the whole run is warm-up", "--warmup-epochs"),
+            "train.freeze_backbone_epochs": ("is more than", "the backbone never trains", "--freeze-backbone-epochs")}
+    return [f"{path} {value} {said[path][0]} train.epochs {cfg.train.epochs}: {said[path][1]} (the recipe's value,"
+            f" kept; give {said[path][2]} to change it)" for path, value, _, _ in _schedule_overruns(cfg)]
+
+
 def _set_dotted(d: dict[str, Any], key: str, value: Any) -> None:
     parts = key.split(".")
     node = d
@@ -356,8 +413,11 @@ def _set_dotted(d: dict[str, Any], key: str, value: Any) -> None:
     node[parts[-1]] = value
 
 
-def format_validation_error(err: ValidationError, source: str = "config") -> str:
-    """One line: the field path and the reason of the first error (plus a count of the rest)."""
+def format_validation_error(err: ValidationError, source: str = "config",
+                            options: Mapping[str, str] | None = None) -> str:
+    """One line: the field path and the reason of the first error (plus a count of the rest).  `options` maps
+    the dotted paths the user set on the command line to what was typed (`train.epochs` -> `--epochs`), so
+    that the message names the option as well as the field."""
     errs = err.errors()
     first = errs[0]
     loc = ".".join(str(p) for p in first["loc"]) or "config"
@@ -367,16 +427,18 @@ def format_validation_error(err: ValidationError, source: str = "config") -> str
     more = f" (and {len(errs) - 1} more)" if len(errs) > 1 else ""
     if msg.startswith("--") and ": " in msg:  # the validator named the CLI option: "--attn (model.attn): ..."
         option, _, msg = msg.partition(": ")
-        loc = f"{option} ({loc})"
+        return f"{option} ({loc}): {msg}{more}"
+    if options and loc in options:  # a value typed on the command line, not read from `source`
+        return f"{options[loc]} ({loc}): {msg}{more}"
     prefix = "" if source == "options" else f"{source}: "
     return f"{prefix}{loc}: {msg}{more}"
 
 
-def config_from_dict(d: dict[str, Any], source: str = "config") -> Config:
+def config_from_dict(d: dict[str, Any], source: str = "config", options: Mapping[str, str] | None = None) -> Config:
     try:
         return Config.model_validate(d)
     except ValidationError as e:
-        raise ImgclsError(format_validation_error(e, source)) from None
+        raise ImgclsError(format_validation_error(e, source, options)) from None
 
 
 def read_config_file(path: str | Path, sections: str = "data, model, ...") -> dict[str, Any]:
@@ -393,7 +455,8 @@ def read_config_file(path: str | Path, sections: str = "data, model, ...") -> di
     return d
 
 
-def load_config(path: str | Path, overrides: dict[str, Any] | None = None) -> Config:
+def load_config(path: str | Path, overrides: dict[str, Any] | None = None,
+                options: Mapping[str, str] | None = None) -> Config:
     """Load a YAML config file; `overrides` maps dotted paths to values (the CLI options)."""
     p = Path(path)
     d = read_config_file(p)
@@ -401,7 +464,7 @@ def load_config(path: str | Path, overrides: dict[str, Any] | None = None) -> Co
         d = _with_overrides(d, overrides)
     except ImgclsError as e:
         raise ImgclsError(f"{p}: {e}") from None
-    return config_from_dict(d, source=str(p))
+    return config_from_dict(d, source=str(p), options=options)
 
 
 def _with_overrides(sections: Mapping[str, Any], overrides: dict[str, Any] | None) -> dict[str, Any]:
@@ -413,10 +476,11 @@ def _with_overrides(sections: Mapping[str, Any], overrides: dict[str, Any] | Non
 
 
 def build_config(config: str | Path | Mapping[str, Any] | None = None,
-                 overrides: dict[str, Any] | None = None) -> Config:
-    """A Config from a YAML file, a dict of sections (as in a YAML recipe) or nothing, plus dotted overrides."""
+                 overrides: dict[str, Any] | None = None, options: Mapping[str, str] | None = None) -> Config:
+    """A Config from a YAML file, a dict of sections (as in a YAML recipe) or nothing, plus dotted overrides;
+    `options` (dotted path -> the option as typed) lets errors in an override name the option."""
     if isinstance(config, Mapping):
-        return config_from_dict(_with_overrides(config, overrides), source="config")
+        return config_from_dict(_with_overrides(config, overrides), source="config", options=options)
     if config is not None:
-        return load_config(config, overrides)
-    return config_from_dict(_with_overrides({}, overrides), source="options")
+        return load_config(config, overrides, options)
+    return config_from_dict(_with_overrides({}, overrides), source="options", options=options)

@@ -135,12 +135,24 @@ def _read_json(p: Path) -> dict[str, Any] | None:
         raise ImgclsError(f"report: {p} is not JSON ({err.msg}); remove it or rerun imgcls eval") from None
 
 
+def _runs_in(folder: Path) -> list[Path]:
+    """The run directories in a folder of runs, by name; a link (runs/latest) stands for the run it points at,
+    under that run's own name, and a run listed twice (itself and through a link) once."""
+    real = [p.parent for p in folder.glob("*/metrics.jsonl") if not p.parent.is_symlink()]
+    linked = [p.parent.resolve() for p in folder.glob("*/metrics.jsonl") if p.parent.is_symlink()]
+    return sorted(real, key=lambda p: p.name) + sorted(linked, key=lambda p: p.name)
+
+
 def find_runs(paths: list[Path]) -> list[Path]:
-    """Run directories among `paths`: a folder of runs is expanded; runs/latest (a link to one listed anyway) is not."""
+    """Run directories among `paths`: a folder of runs is expanded; a link in it (runs/latest) stands for its run
+    under the run's own name, and a run reached twice is listed once."""
     dirs: list[Path] = []
     seen: set[Path] = set()
     for r in map(Path, paths):
-        found = [r] if (r / "metrics.jsonl").exists() else sorted(p.parent for p in r.glob("*/metrics.jsonl"))
+        if not r.is_dir():
+            raise ImgclsError(f"report: {r}: no such folder" if not r.exists() else
+                              f"report: {r}: not a folder (give run directories or a folder of runs)")
+        found = [r] if (r / "metrics.jsonl").exists() else _runs_in(r)
         for d in found:
             if d.resolve() not in seen:
                 seen.add(d.resolve())

@@ -16,5 +16,6 @@ xte, yte = splits["test"]
 Image.fromarray(xte[0]).resize((128, 128), Image.NEAREST).save(sys.argv[1])
 print(f"wrote {sys.argv[1]} (a '{yte[0]}')")
 PY
+# the default model for 32-px images is ResNet-20: Grad-CAM on its last stage (layer3, 8x8)
 .venv/bin/imgcls cam "$RUN/digit.png" --method gradcam --out "$RUN/cam"
 echo "run directory: $RUN  (metrics.jsonl, best.pt, eval.json, confusion.png, cam/)"

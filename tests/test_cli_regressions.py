@@ -77,7 +77,7 @@ def test_resume_of_a_default_run_continues_in_its_folder(how: str) -> None:
 
 def test_resume_never_overwrites_another_run_or_newer_checkpoints(tmp_path: Path) -> None:
     a, b = tmp_path / "a", tmp_path / "b"
-    ic.train(**_quick(**{"train.out": str(a), "train.epochs": 2}))
+    ic.train(**_quick(**{"train.out": str(a), "train.epochs": 2, "train.keep_checkpoints": 2}))
     ic.train(**_quick(**{"train.out": str(b)}))
     before = (b / "last.pt").read_bytes()
     _one_line(runner.invoke(app, ["train", "--resume", str(a), "--epochs", "3", "--out", str(b)]),

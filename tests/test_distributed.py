@@ -30,7 +30,7 @@ REPO = Path(__file__).resolve().parents[1]
 COMMON = {"model.backbone": "resnet20", "data.img_size": 32, "train.epochs": 2, "data.workers": 0,
           "train.device": "cpu", "train.progress": False, "train.freeze_bn": True,
           "optim.name": "sgd", "optim.lr": 0.02,
-          "optim.schedule": "cosine", "train.seed": 3}
+          "optim.schedule": "cosine", "train.seed": 3, "train.keep_checkpoints": 2}
 
 
 def _ddp(args: list[str], timeout: int = 240) -> subprocess.CompletedProcess:
@@ -40,7 +40,7 @@ def _ddp(args: list[str], timeout: int = 240) -> subprocess.CompletedProcess:
     return subprocess.run([sys.executable, "-m", "imgcls_cli", "train", "--devices", "2", "--device", "cpu",
                            "--backbone", "resnet20", "--img-size", "32", "--workers", "0", "--no-progress",
                            "--set", "train.freeze_bn=true", "--optimizer", "sgd", "--set", "optim.lr=0.02",
-                           "--seed", "3", *args],
+                           "--seed", "3", "--keep-checkpoints", "2", *args],
                           env=env, capture_output=True, text=True, timeout=timeout)
 
 

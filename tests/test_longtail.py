@@ -411,7 +411,7 @@ def test_cli_ce_then_crt_then_tau_norm_auto(tmp_path: Path):
     assert s["tau_selected_on"] == "carve"
     final = json.loads((tmp_path / "ce" / "final_eval.json").read_text())
     assert final["selected_on"] == "carve" and final["split"] == "val" and final["checkpoint"] == "best.pt"
-    assert (tmp_path / "crt" / "eval_val" / "per_class_vs_frequency.png").is_file()
+    assert (tmp_path / "crt" / "eval_val_tau-auto" / "per_class_vs_frequency.png").is_file()  # its own folder
     r = runner.invoke(app, ["eval", str(tmp_path / "crt"), "--classifier", "ncm", "--json", str(js), "--device", "cpu"])
     assert r.exit_code == 0, r.output
     assert json.loads(js.read_text())["classifier"] == "ncm"

@@ -69,6 +69,7 @@ def cam_command(
     panels: list[tuple[np.ndarray, str]] = []
     used: set[str] = set()
     skipped: list[str] = []
+    said: set[str] = set()
     for f in files:
         try:
             ex = explain_file(f, ckpt, method, classes, topk, layer, dev)
@@ -76,6 +77,10 @@ def cam_command(
             skipped.append(str(e))
             console.print(f"[yellow]skipped unreadable image[/yellow] {e}", highlight=False, soft_wrap=True)
             continue
+        for note in ex.notes():
+            if note not in said:  # the layer note is the same for every image: once
+                said.add(note)
+                console.print(f"[yellow]note:[/yellow] {note}", highlight=False, soft_wrap=True)
         stem, i = f.stem, 2
         while stem.casefold() in used:  # photo.JPG and photo.png: one file on macOS / Windows file systems
             stem, i = f"{f.stem}-{i}", i + 1

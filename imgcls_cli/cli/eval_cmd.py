@@ -4,12 +4,33 @@ reliability diagram, the most-confused pairs, a gallery of the most confident mi
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
+from typing import Any
 
 import typer
 from rich.table import Table
 
 from .common import console, handle_errors, out
+
+
+def eval_folder(checkpoint: Path, summary: dict[str, Any], own_data: str, tau_norm: str | None,
+                classifier: str) -> Path:
+    """The folder of one evaluation's files beside the checkpoint, named by what was evaluated, so that evaluating
+    other data, another split or another classifier never replaces the run's own results: eval_val,
+    eval_val_tau-auto, eval_val_ncm, eval_<other data>_test, ..."""
+    from ..engine.eval_api import _same_data
+
+    parts = ["eval"]
+    if not _same_data(summary["data"], own_data):
+        p = Path(summary["data"])
+        parts.append(p.stem if p.suffix.lower() in (".h5", ".hdf5") else p.name or str(p))
+    parts.append(str(summary["split"]))
+    if tau_norm is not None:
+        parts.append(f"tau-{tau_norm}")
+    if classifier != "default":
+        parts.append(classifier)
+    return checkpoint.parent / "_".join(re.sub(r"[^A-Za-z0-9.+-]+", "-", p) for p in parts)
 
 
 def eval_command(
@@ -18,7 +39,8 @@ def eval_command(
     split: str = typer.Option(None, help="Split folder: val|test [default: the checkpoint's; with --data,"
                               " that data's val/, else test/]."),
     json_path: Path = typer.Option(None, "--json", help="Write the metrics as JSON here."),
-    out_dir: Path = typer.Option(None, "--out", help="Folder for confusion.csv/png [default: next to the checkpoint]."),
+    out_dir: Path = typer.Option(None, "--out", help="Folder for confusion.csv/png [default: beside the checkpoint,"
+                                 " eval_<split> or eval_<data>_<split>_<classifier>, one per kind of evaluation]."),
     batch_size: int = typer.Option(None, help="Evaluation batch size."),
     workers: int = typer.Option(None, help="DataLoader workers."),
     device: str = typer.Option("auto", help="auto|cpu|cuda."),
@@ -65,7 +87,7 @@ def eval_command(
             extra_col = [str(res.ckpt.class_counts[i])] if res.ckpt.class_counts is not None else []
             pc.add_row(n, f"{s['per_class'][n]:.2f}%", *extra_col)
         out.print(pc)
-    folder = out_dir or checkpoint.parent / f"eval_{s['split']}"
+    folder = out_dir or eval_folder(checkpoint, s, res.ckpt.config.data.path, tau_norm, classifier)
     folder.mkdir(parents=True, exist_ok=True)
     confusion_csv(res.result.confusion, names, folder / "confusion.csv")
     confusion_png(res.result.confusion, names, folder / "confusion.png")

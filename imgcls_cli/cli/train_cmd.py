@@ -31,6 +31,7 @@ OPTION_PATHS = {
     "name": "train.name", "resume": "train.resume", "freeze_backbone_epochs": "train.freeze_backbone_epochs",
     "steps_per_epoch": "train.steps_per_epoch", "progress": "train.progress", "sync_bn": "train.sync_bn",
     "tensorboard": "train.tensorboard", "tracker": "train.tracker",
+    "keep_checkpoints": "train.keep_checkpoints",
 }
 
 
@@ -49,6 +50,18 @@ def _parse_set(items: list[str]) -> dict[str, Any]:
             raise ImgclsError(f"--set {it!r}: the value is not valid YAML ({reason}); quote a string value,"
                               f" e.g. --set 'data.path=\"my dir\"', or give a list as [1, 2]") from None
     return res
+
+
+def _typed_options(values: dict[str, Any], sets: dict[str, Any]) -> dict[str, str]:
+    """Dotted config path -> the option as the user typed it (`--epochs`, `--set optim.momentum`), for errors."""
+    import click
+
+    ctx = click.get_current_context(silent=True)
+    spelled = {p.name: p.opts[0] for p in (ctx.command.params if ctx else []) if p.opts}
+    typed = {OPTION_PATHS[k]: spelled.get(k, "--" + k.replace("_", "-"))
+             for k, v in values.items() if k in OPTION_PATHS and v is not None}
+    typed.update({k: f"--set {k}" for k in sets})
+    return typed
 
 
 def _base_for_resume(resume: str, ov: dict[str, Any]) -> dict[str, Any]:
@@ -123,6 +136,8 @@ def train_command(
     out: str = typer.Option(None, help="Run directory. [default: runs/<time>-<backbone>-<data>]"),
     name: str = typer.Option(None, help="Run name under runs/."),
     resume: str = typer.Option(None, help="Resume from a checkpoint, a run directory, or 'auto'."),
+    keep_checkpoints: int = typer.Option(None, help="Also keep the N newest epoch_NNN.pt (full resume state)."
+                                         " [default: 0; last.pt and best.pt are always written]"),
     progress: bool = typer.Option(None, "--progress/--no-progress", help="Show the progress bar."),
     tensorboard: bool = typer.Option(None, "--tensorboard/--no-tensorboard",
                                      help="TensorBoard events in RUN/tensorboard/ (imgcls[tensorboard]). [on]"),
@@ -132,7 +147,7 @@ def train_command(
 ) -> None:
     """Train a model.  With no options: ResNet-20 (chosen for 32-px images) on the built-in digits data, under a minute
     on a CPU; the defaults chosen from the data are printed at the start."""
-    from ..config import _set_dotted, build_config, config_from_dict
+    from ..config import _set_dotted, build_config, check_schedule, config_from_dict
     from ..errors import ImgclsError
 
     values = dict(locals())
@@ -142,7 +157,9 @@ def train_command(
         except ValueError:
             raise ImgclsError(f"--milestones {milestones!r}: expected comma-separated epochs, e.g. 120,160") from None
     ov = overrides_from(OPTION_PATHS, values)
-    ov.update(_parse_set(set_ or []))
+    sets = _parse_set(set_ or [])
+    ov.update(sets)
+    typed = _typed_options(values, sets)
     if resume and "train.out" not in ov and "train.name" not in ov:
         # a config file's out/name is where a new run from it goes; resuming continues in the checkpoint's folder
         ov.update({"train.out": None, "train.name": None})
@@ -150,9 +167,10 @@ def train_command(
     if base is not None:
         for k, v in ov.items():
             _set_dotted(base, k, v)
-        cfg = config_from_dict(base, source=f"--resume {resume}")
+        cfg = config_from_dict(base, source=f"--resume {resume}", options=typed)
     else:
-        cfg = build_config(config, ov)
+        cfg = build_config(config, ov, typed)
+    check_schedule(cfg, typed)  # a warm-up / freeze typed now that the run has no room for; a recipe's is noted
     if cfg.train.devices > 1:
         from ..engine.launch import maybe_launch
 

@@ -188,11 +188,12 @@ def _write_split(f: Any, split: str, src: Source, mode: str, size: int | None, r
 
 
 def pack_folder(src: str | Path, out_h5: str | Path, mode: str = "encoded", size: int | None = None,
-                decoder: str = "auto") -> dict[str, Any]:
+                decoder: str = "auto", overwrite: bool = False) -> dict[str, Any]:
     """Pack a data set (image-folder tree or `digits`) into one HDF5 file; returns a report.
 
     encoded: the original file bytes (bit-exact round trip); resized: uint8 (S, S, 3) arrays.
-    The file is written beside `out_h5` and renamed into place when complete.
+    The file is written beside `out_h5` and renamed into place when complete.  An existing `out_h5` is
+    replaced only with `overwrite=True`, and its folder must exist (a mistyped path creates nothing).
     """
     from ..config import DataConfig
     from .sources import open_data
@@ -209,11 +210,17 @@ def pack_folder(src: str | Path, out_h5: str | Path, mode: str = "encoded", size
     out = Path(out_h5)
     if out.suffix.lower() not in (".h5", ".hdf5"):
         raise DataError(f"OUT {out}: a pack must end in .h5 or .hdf5")
+    if out.is_dir():
+        raise DataError(f"OUT {out}: is a folder; give the pack's file name, e.g. {out / 'data.h5'}")
+    if out.exists() and not overwrite:
+        raise DataError(f"OUT {out}: exists; pass --overwrite to replace it, or choose another file")
+    if not out.parent.is_dir():
+        raise DataError(f"OUT {out}: folder {out.parent} does not exist; create it first (nothing is created"
+                        f" besides the pack)")
     bundle = open_data(DataConfig(path=str(src), decoder=decoder, select_split="none"))  # every training image
     root = Path(src) if Path(src).is_dir() else None
     splits = [("train", bundle.train)] + ([(bundle.val_split or "val", bundle.val)] if bundle.val is not None else [])
     splits += sorted(bundle.other_splits.items())
-    out.parent.mkdir(parents=True, exist_ok=True)
     tmp = out.with_name(f".{out.name}.tmp.{os.getpid()}")
     skipped: list[str] = []
     counts: dict[str, int] = {}

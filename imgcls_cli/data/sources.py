@@ -179,10 +179,13 @@ def scan_split(root: Path, split: str, class_names: list[str] | None = None) -> 
     return files, labels, classes
 
 
-def open_folder(root: Path, val_split: str | None, decoder: str) -> DataBundle:
-    if not (root / "train").is_dir():
+def open_folder(root: Path, val_split: str | None, decoder: str, class_names: list[str] | None = None) -> DataBundle:
+    if not (root / "train").is_dir() and class_names is None:
         raise DataError(f"--data {root}: no train/ folder (expected train/<class>/ and val/<class>/ or test/<class>/)")
-    files, labels, classes = scan_split(root, "train")
+    if (root / "train").is_dir():
+        files, labels, classes = scan_split(root, "train")
+    else:  # held-out data only (evaluating a checkpoint): the classes are the checkpoint's
+        files, labels, classes = [], [], list(class_names or [])
     held = {s: FolderSource(*scan_split(root, s, classes)[:2], decoder) for s in ("val", "test") if (root / s).is_dir()}
     if val_split and val_split not in held:
         raise DataError(f"--split {val_split}: {root / val_split} does not exist")
@@ -228,8 +231,9 @@ def open_torchvision(name: str, cache_dir: str) -> DataBundle:
                       img_size=32, crop_scale=(0.35, 1.0), hflip=0.5, val_split="test")
 
 
-def open_data(cfg: Any) -> DataBundle:
-    """Open the data set named by a `DataConfig` (long-tail subsetting applied)."""
+def open_data(cfg: Any, class_names: list[str] | None = None) -> DataBundle:
+    """Open the data set named by a `DataConfig` (long-tail subsetting applied).  With `class_names` (a
+    checkpoint's, for evaluation) a folder tree may hold only its held-out split (val/ or test/)."""
     path = cfg.path
     if path == "digits":
         bundle = open_digits(cfg.val_split)
@@ -242,7 +246,7 @@ def open_data(cfg: Any) -> DataBundle:
 
             bundle = open_hdf5(p, cfg.val_split)
         elif p.is_dir():
-            bundle = open_folder(p, cfg.val_split, cfg.decoder)
+            bundle = open_folder(p, cfg.val_split, cfg.decoder, class_names)
         else:
             raise DataError(f"--data {path}: no such folder or file (give an image-folder tree, an .h5 pack, "
                             f"or one of: digits, cifar10, cifar100)")

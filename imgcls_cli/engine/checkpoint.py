@@ -16,6 +16,8 @@ import errno
 import hashlib
 import os
 import pickle
+import re
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -134,6 +136,21 @@ def atomic_save(obj: Any, path: str | Path) -> None:
         pass
 
 
+def _payload_kind(p: Path) -> str | None:
+    """'zip' (torch.save), 'pickle' (legacy torch.save, pickle.dump) or None, from the first bytes."""
+    with p.open("rb") as f:
+        head = f.read(4)
+    if head == b"PK\x03\x04":
+        return "zip"
+    return "pickle" if head[:1] == b"\x80" else None  # pickle protocol >= 2 opens with PROTO
+
+
+def _unsafe_reason(err: str) -> str:
+    """What the weights-only unpickler refused, from torch's long message ('GLOBAL argparse.Namespace')."""
+    m = re.search(r"Unsupported global: GLOBAL (\S+)", err) or re.search(r"(Unsupported operand \d+)", err)
+    return f"it needs {m.group(1)}" if m else "a Python object the weights-only loader does not allow"
+
+
 def safe_load(path: str | Path, option: str = "checkpoint") -> Any:
     """torch.load with weights_only=True and one-line errors naming the file."""
     p = Path(path)
@@ -141,15 +158,22 @@ def safe_load(path: str | Path, option: str = "checkpoint") -> Any:
         raise CheckpointError(f"{option}: file not found: {p}")
     if p.stat().st_size == 0:
         raise CheckpointError(f"{option} {p}: empty file, not a checkpoint")
+    kind = _payload_kind(p)
+    if kind is None:  # text, an image, ...: torch.load's pickle error about it would be about code execution
+        raise CheckpointError(f"{option} {p}: not a checkpoint (not a file written by torch.save; give an imgcls"
+                              f" .pt file or a run folder)")
     try:
-        return torch.load(p, map_location="cpu", weights_only=True)
+        with warnings.catch_warnings():  # "Detected pickle protocol 4": the refusal below says what matters
+            warnings.simplefilter("ignore", UserWarning)
+            return torch.load(p, map_location="cpu", weights_only=True)
     except MemoryError:
         raise CheckpointError(f"{option} {p}: corrupt (a length field asks for more memory than exists)") from None
     except pickle.UnpicklingError as e:
+        if "Weights only load failed" in str(e):
+            why = _unsafe_reason(str(e))
+            raise CheckpointError(f"{option} {p}: refused, it holds pickled Python objects that could run code when"
+                                  f" loaded ({why}); imgcls loads tensors and plain data only") from None
         first = str(e).strip().splitlines()[0] if str(e).strip() else ""
-        if "Weights only load failed" in str(e) or "Unsupported" in str(e) or "global" in str(e).lower():
-            raise CheckpointError(f"{option} {p}: refused, it holds pickled Python objects that could run code"
-                                  f" (weights_only load: {first[:120]})") from None
         raise CheckpointError(f"{option} {p}: corrupt or not a PyTorch file ({first[:120]})") from None
     except Exception as e:  # any other failure of a damaged file (RuntimeError, EOFError, KeyError, ...)
         msg = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__

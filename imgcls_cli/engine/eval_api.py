@@ -41,15 +41,16 @@ def eval_loader(ckpt: Checkpoint, data: str | None, split: str | None, batch_siz
         upd["data.path"], upd["data.val_split"] = data, None
     if split is not None:
         upd["data.val_split"] = split
-    if cfg.data.select_split == "val" and ("data.path" in upd or upd.get("data.val_split", "test") == "val"):
-        # the run selected on val/ (nothing was carved from its training images); evaluating val/ or other data
-        # needs no selection split, and the training split stays the one the run trained on
+    if "data.path" in upd or (cfg.data.select_split == "val" and upd.get("data.val_split", "test") == "val"):
+        # other data (which may hold only val/ or test/: no training images to carve from) needs no selection
+        # split; nor does val/ of a run that selected on it (nothing was carved from its training images), whose
+        # training split stays the one the run trained on
         upd["data.select_split"] = "none"
     if workers is not None:
         upd["data.workers"] = workers
     # the evaluated split is balanced and complete: no long-tail subsetting of val applies anyway
     cfg = cfg.replace(**upd) if upd else cfg
-    bundle = open_data(cfg.data)
+    bundle = open_data(cfg.data, class_names=ckpt.class_names)  # a tree of val/ (or test/) only will do
     if bundle.val is None or len(bundle.val) == 0:
         raise DataError(f"--data {cfg.data.path}: no validation split (val/ or test/) to evaluate on")
     if bundle.class_names != ckpt.class_names:

@@ -3,8 +3,10 @@
 Only tensors, numbers, strings, lists and dicts: loadable with weights_only=True.  `last.pt` is
 written every epoch before its evaluation (with `eval_pending` and the epoch's training record, so a
 resumed run redoes only the evaluation) and again after it, and on a signal mid-epoch with the
-sampler position; `best.pt` when the validation top-1 improves, `epoch_NNN.pt` keeps the last few;
-pruning never removes the newest loadable checkpoint.
+sampler position, with everything resuming needs; `best.pt` when the selection-split top-1 improves,
+with the weights only (evaluation, export, CAM, --init-from and --weights read nothing else, and
+optimizer state would double its size); `epoch_NNN.pt` (full state) keeps the last
+`train.keep_checkpoints` (default none); pruning never removes the newest loadable checkpoint.
 """
 
 from __future__ import annotations
@@ -65,21 +67,36 @@ def build_checkpoint(trainer: Any, epoch: int, position: int) -> dict[str, Any]:
     return ckpt
 
 
+# what only resuming reads: left out of best.pt
+RESUME_ONLY = ("optimizer", "scheduler", "scaler", "rng", "train_model", "ema")
+
+
+def weights_only(ckpt: dict[str, Any]) -> dict[str, Any]:
+    """The checkpoint without the state only resuming needs (SGD momentum alone is as large as the weights)."""
+    return {k: v for k, v in ckpt.items() if k not in RESUME_ONLY}
+
+
+def resumable(st: dict[str, Any]) -> bool:
+    return "optimizer" in st
+
+
 def save_run_checkpoint(run_dir: Path, ckpt: dict[str, Any], is_best: bool, keep: int, epoch_file: bool = True) -> None:
-    """last.pt, best.pt when `is_best`, and at an epoch's end (position 0) epoch_NNN.pt unless `epoch_file` is off
-    (the second save of an epoch, after its evaluation, only updates last.pt and best.pt)."""
+    """last.pt, best.pt (weights only) when `is_best`, and at an epoch's end (position 0) epoch_NNN.pt when `keep`
+    > 0 unless `epoch_file` is off (the second save of an epoch, after its evaluation, only updates last.pt and
+    best.pt)."""
     atomic_save(ckpt, run_dir / "last.pt")
     if is_best:
-        atomic_save(ckpt, run_dir / "best.pt")
+        atomic_save(weights_only(ckpt), run_dir / "best.pt")
     if ckpt.get("position", 0) == 0 and epoch_file:
-        atomic_save(ckpt, run_dir / f"epoch_{ckpt['epoch']:03d}.pt")
+        if keep > 0:
+            atomic_save(ckpt, run_dir / f"epoch_{ckpt['epoch']:03d}.pt")
         prune(run_dir, keep)
 
 
 def _valid(p: Path) -> bool:
+    """Whether `p` loads and can be resumed from (best.pt, weights only, cannot)."""
     try:
-        read_checkpoint(p)
-        return True
+        return resumable(read_checkpoint(p))
     except CheckpointError:
         return False
 
@@ -108,7 +125,8 @@ def prune(run_dir: Path, keep: int) -> None:
 
 
 def newest_valid_checkpoint(run_dir: Path) -> Path | None:
-    """last.pt if it loads, else the newest epoch_*.pt that loads, else best.pt."""
+    """last.pt if it loads, else the newest epoch_*.pt that loads, else best.pt (if it holds resume state:
+    written before best.pt was saved with the weights only)."""
     cands = [run_dir / "last.pt"] + _epoch_files(run_dir)[::-1] + [run_dir / "best.pt"]
     for p in cands:
         if p.is_file() and _valid(p):
@@ -143,6 +161,12 @@ def check_resumable(st: dict[str, Any] | None, cfg: Any, class_names: list[str],
     if st is None:
         return
     saved = st.get("config") or {}
+    try:  # resolved as configs are now (an older ArcFace run saved head: linear for its cosine head)
+        from ..config import config_from_dict
+
+        saved = config_from_dict(saved).to_dict()
+    except ImgclsError:
+        pass
     now = cfg.to_dict()
     shape = [k for k in now["model"] if k not in ("pretrained", "weights")]  # those only initialise a new run
     for section, keys in (("model", shape), ("train", ["method"])):
@@ -160,5 +184,12 @@ def resume_checkpoint(cfg: Any) -> tuple[Path | None, dict[str, Any] | None]:
     """(path, contents) of the checkpoint `--resume` names, or (None, None) for a new run."""
     if not cfg.train.resume:
         return None, None
+    from ..errors import ImgclsError
+
     p = resume_path(cfg)
-    return p, read_checkpoint(p)
+    st = read_checkpoint(p)
+    if not resumable(st):
+        raise ImgclsError(f"--resume {p}: holds the model weights only (best.pt keeps no optimizer state); resume"
+                          f" from {p.parent / 'last.pt'} or the run folder, or start a new run from these weights"
+                          f" with --weights {p}")
+    return p, st

@@ -24,7 +24,7 @@ from typing import Any
 
 import torch
 
-from ..config import Config
+from ..config import Config, schedule_notes
 from ..data.sources import open_data
 from ..errors import ImgclsError
 from ..methods import task_class
@@ -88,6 +88,7 @@ class Trainer:
             torch.cuda.set_device(self.device)
         setup_backends(self.device, cfg.train.deterministic, cfg.train.fuse_attention)
         torch.manual_seed(cfg.train.seed)
+        cfg = task_class(cfg).resolve_config(cfg)  # before anything reads cfg.model (cRT/LWS: stage 1's model)
         self.resume_from, self.resume_state = resume_checkpoint(cfg)
         bundle = open_data(cfg.data)
         cfg, self.recipe_note = resolve_with_note(cfg, bundle, self.device)
@@ -103,7 +104,7 @@ class Trainer:
 
         for line in log_messages if dist.is_main() else []:
             self.console.print(f"[dim]weights: {line}[/dim]")
-        for line in bundle.notes if dist.is_main() else []:
+        for line in [*bundle.notes, *schedule_notes(cfg)] if dist.is_main() else []:
             self.console.print(f"[yellow]warning:[/yellow] {line}", highlight=False, soft_wrap=True)
         place_model(model, cfg.train, self.device)
         self.model = model  # unwrapped: what checkpoints hold

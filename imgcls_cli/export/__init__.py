@@ -48,7 +48,7 @@ class Exporter(ABC):
     suffix = ""
     extra: str | None = None  # the pip extra holding `needs` (checked before exporting)
     needs: tuple[str, ...] = ()  # modules the format imports
-    opsets: tuple[int, int] | None = None  # (default, lowest accepted) for formats that take --opset
+    opsets: tuple[int, int, int] | None = None  # (default, lowest, highest) opset for formats that take --opset
     deprecated: str | None = None  # why the format is deprecated and what to use instead (shown to the user)
 
     @abstractmethod
@@ -90,9 +90,12 @@ def get_exporter(fmt: str, opset: int | None = None) -> Exporter:
         if exporter.opsets is None:
             takes = [n for n in FORMATS if FORMATS.get(n).opsets is not None]
             raise ImgclsError(f"--opset: only applies to --format {'|'.join(takes)} (got --format {fmt})")
-        if opset < exporter.opsets[1]:
-            raise ImgclsError(f"--opset {opset}: --format {fmt} writes opset {exporter.opsets[1]} or newer (torch"
-                              f" would silently keep {exporter.opsets[1]}); use --opset >= {exporter.opsets[1]}")
+        _, lo, hi = exporter.opsets
+        if opset < lo:
+            raise ImgclsError(f"--opset {opset}: --format {fmt} writes opset {lo} or newer (torch would silently keep"
+                              f" {lo}); valid: {lo}..{hi}")
+        if opset > hi:
+            raise ImgclsError(f"--opset {opset}: newer than --format {fmt} can write; valid: {lo}..{hi}")
     if exporter.needs:
         require(exporter.extra or fmt, exporter.needs, f"--format {fmt}")
     return exporter

@@ -28,6 +28,8 @@ from ..models.build import set_submodule
 from . import FORMATS, Exporter
 
 DEFAULT_OPSET = 17
+# the TorchScript-based exporter writes opsets 7..20 (torch.onnx._constants); onnxruntime runs 7 and up
+MIN_OPSET, MAX_OPSET = 7, 20
 
 
 def pool_matrix(n_in: int, n_out: int) -> torch.Tensor:
@@ -94,7 +96,7 @@ class OnnxExporter(Exporter):
     suffix = ".onnx"
     extra = "onnx"
     needs = ("onnx", "onnxruntime", "onnxscript")
-    opsets = (DEFAULT_OPSET, 7)
+    opsets = (DEFAULT_OPSET, MIN_OPSET, MAX_OPSET)
 
     def _write(self, wrapped: nn.Module, example: torch.Tensor, out: Path, opset: int) -> None:
         raise NotImplementedError  # one hook per exporter
@@ -131,7 +133,7 @@ class OnnxExporter(Exporter):
 
 
 class DynamoOnnxExporter(OnnxExporter):
-    opsets = (18, 18)
+    opsets = (18, 18, 23)  # torch.onnx._constants.ONNX_MAX_OPSET (torch 2.14)
 
     def _write(self, wrapped: nn.Module, example: torch.Tensor, out: Path, opset: int) -> None:
         batch = torch.export.Dim("batch", min=1, max=65536)

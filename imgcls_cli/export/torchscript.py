@@ -10,6 +10,7 @@ which catches shapes frozen into the graph.
 from __future__ import annotations
 
 import json
+import warnings
 from collections.abc import Callable
 from pathlib import Path
 
@@ -22,6 +23,14 @@ from . import FORMATS, Exporter
 EXTRA = "imgcls.json"
 
 
+def _jit_load(out: Path, **kw: object) -> torch.jit.ScriptModule:
+    """torch.jit.load without its FutureWarning ("deprecated, switch to torch.export"): the .ts file is what this
+    format is, and the warning, printed at every export, says nothing the user can act on."""
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=r".*torch\.jit\.load.* is deprecated", category=FutureWarning)
+        return torch.jit.load(str(out), map_location="cpu", **kw)
+
+
 class TorchScriptExporter(Exporter):
     suffix = ".ts"
     deprecated = "TorchScript (torch.jit.trace) is deprecated by torch; use --format pt2 (torch.export)"
@@ -32,7 +41,7 @@ class TorchScriptExporter(Exporter):
         torch.jit.save(traced, str(out), _extra_files={EXTRA: json.dumps(meta)})
 
     def runner(self, out: Path) -> Callable[[np.ndarray], np.ndarray]:
-        module = torch.jit.load(str(out), map_location="cpu").eval()
+        module = _jit_load(out).eval()
 
         def run(x: np.ndarray) -> np.ndarray:
             with torch.no_grad():
@@ -42,7 +51,7 @@ class TorchScriptExporter(Exporter):
 
     def read_metadata(self, out: Path) -> dict[str, str]:
         files = {EXTRA: ""}
-        torch.jit.load(str(out), map_location="cpu", _extra_files=files)
+        _jit_load(out, _extra_files=files)
         return json.loads(files[EXTRA])
 
 

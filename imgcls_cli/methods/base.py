@@ -47,6 +47,12 @@ class Task:
 
     # --- construction ------------------------------------------------------------------
     @classmethod
+    def resolve_config(cls, cfg: Any) -> Any:
+        """The config with what the method takes from elsewhere filled in (cRT/LWS: the stage-1 checkpoint's
+        architecture); called before the run starts, so config.yaml states it.  Default: unchanged."""
+        return cfg
+
+    @classmethod
     def build_model(cls, cfg: Any, num_classes: int, class_counts: list[int] | None = None,
                     for_inference: bool = False) -> nn.Module:
         return model_from_config(cfg, num_classes, weights=None if for_inference else cfg.model.weights,

@@ -99,6 +99,19 @@ class _StageTwo(StandardTask):
         return model
 
     @classmethod
+    def resolve_config(cls, cfg: Any) -> Any:
+        """Architecture fields not given for this run are the stage-1 checkpoint's (given ones must match it,
+        which load_stage1 checks), so `--method crt --init-from RUN` needs no repeated --backbone."""
+        path = checkpoint_file(cfg.train.init_from, "--init-from")
+        if not path.is_file():
+            return cfg  # load_stage1 says so
+        s1 = read_checkpoint(path)["config"].get("model", {})
+        given = cfg.model.model_fields_set
+        upd = {f"model.{k}": s1[k] for k in ARCH_FIELDS
+               if k in s1 and k not in given and s1[k] != getattr(cfg.model, k)}
+        return cfg.replace(**upd) if upd else cfg
+
+    @classmethod
     def prepare(cls, model: nn.Module) -> nn.Module:
         return model
 

@@ -162,6 +162,9 @@ def eval_variant(checkpoint: str | Path, tau_norm: str | None, classifier: str =
     say = console.print if console is not None else (lambda *_: None)
     if classifier != "default":
         cfg, bundle, _, norm = eval_loader(ckpt, data, split, batch_size, None, dev)
+        if len(bundle.train) == 0:
+            raise ImgclsError(f"--classifier {classifier}: --data {cfg.data.path} has no train/ images to take the"
+                              f" class means from (give a tree with train/, or the checkpoint's own data)")
         feats, targets = collect_features(ckpt, _train_loader(ckpt, cfg, bundle, dev, batch_size), norm, dev)
         feat_type, dist = NCM_METRICS[classifier]
         say(f"NCM ({feat_type}, {dist}): class means of {len(targets)} training embeddings")

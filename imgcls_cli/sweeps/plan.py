@@ -21,7 +21,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
-from ..config import Config, build_config, format_validation_error
+from ..config import Config, build_config, check_schedule, format_validation_error
 from ..errors import ImgclsError
 from ..report_stats import NOT_RECIPE, SEED, flatten, short_key
 
@@ -213,6 +213,7 @@ def build_plan(base: dict[str, Any], overrides: dict[str, Any], spec: SweepSpec)
         cell = dict(zip(keys, values, strict=True))
         try:  # progress bars off: each run's output goes to its train.log
             cfg0 = build_config(base, {**overrides, **cell, "train.progress": False})
+            check_schedule(cfg0, {k: k for k in {**overrides, **cell}})  # a base recipe's warm-up is only noted
         except ImgclsError as e:
             skipped.append(SkippedCell(cell, str(e).removeprefix("config: ")))
             continue

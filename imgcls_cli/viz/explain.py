@@ -19,7 +19,7 @@ import torch.nn.functional as F
 from ..data.decode import IMAGE_EXTS, BadImage, decode_file
 from ..engine.checkpoint import Checkpoint
 from ..errors import ImgclsError
-from .cam import cam
+from .cam import cam, resolve_layer
 
 
 class UnreadableImage(ImgclsError):
@@ -42,6 +42,61 @@ class Explanation:
     pred_name: str
     pred_prob: float
     maps: list[ClassMap]
+    layer: str = ""  # the layer the maps come from
+    grid: tuple[int, int] = (0, 0)  # its (h, w) at the evaluated resolution
+    finer: str | None = None  # the layer nearest the output with a grid above COARSE x COARSE, if `grid` is not
+
+    def notes(self) -> list[str]:
+        """One line per thing the pictures do not say themselves (a map too coarse to localise, an empty map)."""
+        out = []
+        h, w = self.grid
+        if 0 < min(h, w) <= COARSE:
+            better = f"; --layer {self.finer} gives a finer map" if self.finer else ""
+            out.append(f"--layer {self.layer}: its {h}x{w} feature map is too coarse to show where the evidence"
+                       f" is (each map is {h * w} cell(s), upsampled){better}")
+        for m in self.maps if min(h, w) > 1 else []:  # a 1x1 map is flat for every class: said above
+            if not m.heat.any():
+                out.append(f"{self.path.name}: the map of class {m.name!r} is all zero: no region of --layer"
+                           f" {self.layer} raises its score (the positive part of the map is empty; with two classes"
+                           f" the evidence for one is the evidence against the other)")
+        return out
+
+
+COARSE = 2  # a feature map of at most 2x2 cells cannot localise anything
+
+
+def feature_grids(model: torch.nn.Module, x: torch.Tensor, layer: str) -> tuple[tuple[int, int], str | None]:
+    """(h, w) of `layer`'s output for input `x`, and the finer layer to suggest when that is at most COARSE:
+    the one nearest the output, among the layers before `layer` in its parent (ResNet: layer3, layer2, ...) and
+    `layer`'s own children (VGG/MobileNet `features.N`), whose output is a feature map above COARSE x COARSE."""
+    parent, _, leaf = layer.rpartition(".")
+    pmod = model.get_submodule(parent) if parent else model
+    before = []
+    for n, _ in pmod.named_children():
+        if n == leaf:
+            break
+        before.append(f"{parent}.{n}" if parent else n)
+    inner = [f"{layer}.{n}" for n, _ in model.get_submodule(layer).named_children()]
+    shapes: dict[str, tuple[int, ...]] = {}
+    handles = []
+    for name in [*before, *inner, layer]:
+        def hook(_m, _i, out, name=name):  # noqa: ANN001
+            if isinstance(out, torch.Tensor):
+                shapes[name] = tuple(out.shape)
+        handles.append(model.get_submodule(name).register_forward_hook(hook))
+    try:
+        with torch.no_grad():
+            model.eval()(x[:1])
+    finally:
+        for h in handles:
+            h.remove()
+    grid = shapes.get(layer, (0, 0, 0, 0))
+    grid = (grid[-2], grid[-1]) if len(grid) == 4 else (0, 0)
+    finer = None
+    if 0 < min(grid) <= COARSE:
+        ok = [n for n in (*before, *inner) if len(shapes.get(n, ())) == 4 and min(shapes[n][-2:]) > COARSE]
+        finer = ok[-1] if ok else None
+    return grid, finer
 
 
 def collect_images(inputs: list[Path]) -> list[Path]:
@@ -78,12 +133,18 @@ def parse_class(value: str, class_names: list[str]) -> int:
 
 def preprocess(image: np.ndarray, ckpt: Checkpoint, device: torch.device) -> tuple[torch.Tensor, tuple[int, ...]]:
     """uint8 (H, W, 3) -> (normalised (1, 3, S, S) as in evaluation, crop box (y0, x0, y1, x1) in the image)."""
+    from types import SimpleNamespace
+
     import albumentations as A
     import cv2
 
+    from ..data.transforms import eval_crop_pct
+
     cfg = ckpt.config
     size = cfg.data.img_size or 224
-    short = int(round(size / cfg.aug.eval_crop_pct))
+    # a trained run's config holds the resolved crop; one built without data (aug.eval_crop_pct None) gets the
+    # default evaluation would give it at this size
+    short = int(round(size / eval_crop_pct(cfg, SimpleNamespace(img_size=size, aug_preset=None))))
     resized = A.SmallestMaxSize(max_size=short, interpolation=cv2.INTER_LINEAR)(image=image)["image"]  # eval resize
     rh, rw = resized.shape[:2]
     top, left = (rh - size) // 2, (rw - size) // 2  # albumentations CenterCrop's offsets
@@ -121,4 +182,6 @@ def explain_file(path: Path, ckpt: Checkpoint, method: str = "gradcam", classes:
     heat[:, y0:y1, x0:x1] = inner.clamp(0, 1).cpu()  # (K, y1 - y0, x1 - x0)
     heat = heat.numpy().astype(np.float32)
     maps = [ClassMap(k, ckpt.class_names[k], float(probs[k]), heat[i]) for i, k in enumerate(classes)]
-    return Explanation(path, image, pred, ckpt.class_names[pred], float(probs[pred]), maps)
+    name = resolve_layer(ckpt.model, layer)
+    grid, finer = feature_grids(ckpt.model, x, name)
+    return Explanation(path, image, pred, ckpt.class_names[pred], float(probs[pred]), maps, name, grid, finer)
