@@ -16,10 +16,10 @@ from .conftest import quick_overrides
 @pytest.mark.parametrize("name", ["sgd", "adamw"])
 def test_cpu_optimizers_default_to_fused_kernels(name: str) -> None:
     model = nn.Linear(4, 2)
-    oc = Config().replace(**{"optim.name": name}).optim
+    oc = Config().replace(**{"optim.name": name, "optim.lr": 0.01}).optim
     opt = build_optimizer(oc, param_groups(model, 1e-4, True), torch.device("cpu"))
     assert opt.defaults["fused"] is True
-    oc = Config().replace(**{"optim.name": name, "optim.fused": False}).optim
+    oc = Config().replace(**{"optim.name": name, "optim.lr": 0.01, "optim.fused": False}).optim
     opt = build_optimizer(oc, param_groups(model, 1e-4, True), torch.device("cpu"))
     assert not opt.defaults["fused"] and opt.defaults["foreach"] is True
 
