@@ -3,7 +3,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/setup.sh
-.venv/bin/imgcls train --config examples/digits.yaml
+.venv/bin/imgcls train   # no options: the defaults that follow the data (ResNet-20 for the 32-px digits, AdamW)
 RUN=$(cat runs/latest.txt)
 .venv/bin/imgcls eval "$RUN/best.pt" --json "$RUN/eval.json"
 # one test digit as a PNG file, to explain with a class-activation map
