@@ -80,7 +80,7 @@ def test_ddp_final_weights_equal_single_process(runs: dict[str, Path]) -> None:
     assert log.count("run directory:") == 2 and log.count("epoch 2/2") == 1  # rank 0 alone logs (+ final line)
     files = sorted(p.name for p in runs["ddp"].iterdir() if p.name != ".lock")  # .lock: the run's one writer
     assert files == ["best.pt", "config.yaml", "epoch_001.pt", "epoch_002.pt", "final_eval.json", "last.pt",
-                     "metrics.jsonl"]
+                     "metrics.jsonl", "tensorboard", "training_curves.png"]
 
 
 @pytest.mark.slow
@@ -121,7 +121,7 @@ def test_sigterm_to_every_process_saves_once_at_an_agreed_step(runs: dict[str, P
         env.pop(k, None)
     cmd = [sys.executable, "-m", "imgcls_cli", "train", "--devices", "2", "--device", "cpu", "--backbone", "resnet20",
            "--img-size", "32", "--workers", "0", "--no-progress", "--set", "train.freeze_bn=true", "--seed", "3",
-           "--data", str(runs["data"]), "--epochs", "50", "--batch-size", "8", "--out", str(out),
+           "--optimizer", "sgd", "--data", str(runs["data"]), "--epochs", "50", "--batch-size", "8", "--out", str(out),
            "--set", "train.log_steps=true", "--set", "train.log_every=2"]
     proc = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
                             start_new_session=True)

@@ -175,6 +175,10 @@ def check_resumable(st: dict[str, Any] | None, cfg: Any, class_names: list[str],
                 raise ImgclsError(f"--resume {path}: {section}.{k} is {saved[section][k]!r} in the checkpoint, "
                                   f"{now[section][k]!r} now; a resumed run keeps its model (start a new run with"
                                   f" --weights {path} to reuse the weights)")
+    was, now_opt = saved.get("optim", {}).get("name"), now["optim"]["name"]
+    if was is not None and was != now_opt:  # its saved state (momentum vs Adam moments) would not load
+        raise ImgclsError(f"--resume {path}: optim.name is {was!r} in the checkpoint, {now_opt!r} now; a resumed run"
+                          f" keeps its optimizer (give --optimizer {was}, or start a new run with --weights {path})")
     if list(st.get("class_names", class_names)) != list(class_names):
         raise ImgclsError(f"--resume {path}: the checkpoint has {len(st['class_names'])} classes, --data"
                           f" {cfg.data.path} has {len(class_names)} (or other names); resume on the run's own data")
