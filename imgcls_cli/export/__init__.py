@@ -76,6 +76,16 @@ class ExportReport:
     metadata: dict[str, str] = field(default_factory=dict)
 
 
+def module_runner(module: nn.Module) -> Callable[[np.ndarray], np.ndarray]:
+    """A numpy-in, numpy-out runner around a loaded torch module (the TorchScript and .pt2 formats)."""
+
+    def run(x: np.ndarray) -> np.ndarray:
+        with torch.no_grad():
+            return module(torch.from_numpy(x)).numpy()
+
+    return run
+
+
 def _load_formats() -> None:
     from . import onnx, pt2, torchscript  # noqa: F401  (registration side effects)
 

@@ -16,6 +16,7 @@ exact same linear map written as two matrix products (`FixedAdaptiveAvgPool`).
 
 from __future__ import annotations
 
+from abc import abstractmethod
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -98,8 +99,9 @@ class OnnxExporter(Exporter):
     needs = ("onnx", "onnxruntime", "onnxscript")
     opsets = (DEFAULT_OPSET, MIN_OPSET, MAX_OPSET)
 
+    @abstractmethod
     def _write(self, wrapped: nn.Module, example: torch.Tensor, out: Path, opset: int) -> None:
-        raise NotImplementedError  # one hook per exporter
+        """Write `wrapped` (images -> logits) as an ONNX graph at `opset`: the dynamo or the legacy exporter."""
 
     def export(self, model: nn.Module, example: torch.Tensor, out: Path, meta: dict[str, str],
                opset: int | None) -> None:

@@ -16,7 +16,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from . import FORMATS, Exporter
+from . import FORMATS, Exporter, module_runner
 from .onnx import ImagesOnly
 
 EXTRA = "imgcls.json"
@@ -32,13 +32,7 @@ class Pt2Exporter(Exporter):
         torch.export.save(program, str(out), extra_files={EXTRA: json.dumps(meta)})
 
     def runner(self, out: Path) -> Callable[[np.ndarray], np.ndarray]:
-        module = torch.export.load(str(out)).module()
-
-        def run(x: np.ndarray) -> np.ndarray:
-            with torch.no_grad():
-                return module(torch.from_numpy(x)).numpy()
-
-        return run
+        return module_runner(torch.export.load(str(out)).module())
 
     def read_metadata(self, out: Path) -> dict[str, str]:
         files = {EXTRA: ""}

@@ -18,7 +18,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from . import FORMATS, Exporter
+from . import FORMATS, Exporter, module_runner
 
 EXTRA = "imgcls.json"
 
@@ -41,13 +41,7 @@ class TorchScriptExporter(Exporter):
         torch.jit.save(traced, str(out), _extra_files={EXTRA: json.dumps(meta)})
 
     def runner(self, out: Path) -> Callable[[np.ndarray], np.ndarray]:
-        module = _jit_load(out).eval()
-
-        def run(x: np.ndarray) -> np.ndarray:
-            with torch.no_grad():
-                return module(torch.from_numpy(x)).numpy()
-
-        return run
+        return module_runner(_jit_load(out).eval())
 
     def read_metadata(self, out: Path) -> dict[str, str]:
         files = {EXTRA: ""}
